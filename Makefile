@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
+# The first run creates .venv and installs pitrack with its dependencies (torch from the package
+# registry's default wheel, which runs on the CPU; sam2 built from source without CUDA).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.pitrack-installed
+SHARED_WEIGHTS := $(abspath ../shared/weights)
+export PITRACK_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
+DEMO_CONFIG ?= configs/baselines/klt.yaml
+DEMO   ?= demo_out
+
+.PHONY: install demo test clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch torchvision
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+# Demo: render a clip with known motion, track it with run_video.py, score it, write an overlay video.
+demo: $(STAMP)
+	$(PY) -m eval.synthetic --out $(DEMO)/clip
+	$(PY) -m eval.queries --data $(DEMO)/clip --mode first --out $(DEMO)/queries.npy
+	$(PY) run_video.py --video $(DEMO)/clip/frames --queries $(DEMO)/queries.npy --config $(DEMO_CONFIG) \
+		--out $(DEMO)/pred.npz --viz $(DEMO)/overlay.mp4
+	$(PY) -m eval.score --data $(DEMO)/clip --pred $(DEMO)/pred.npz --mode first
+	@echo "overlay video: $(DEMO)/overlay.mp4"
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf $(DEMO)

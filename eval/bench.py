@@ -1,0 +1,168 @@
+"""Benchmark a tracker config over every video of a dataset folder.
+
+    python -m eval.bench --config configs/X.yaml --data DIR --mode first|strided --out results/NAME \
+        [--videos a,b] [--save-pred] [--fresh]
+
+Each video runs in its own process, so its seconds and peak memory are its own. Per video it writes
+``OUT/<video>.json`` (metrics, seconds, peak RSS, tracker stats); then ``OUT/table.md`` (per video, mean
+last) and ``OUT/summary.json``. A rerun skips videos whose JSON exists for the same config, mode and data
+(so an interrupted run resumes); ``--fresh`` recomputes them.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from eval.datasets import list_video_folders, open_video_folder
+from pitrack.atomic import save_json, save_npz, save_text
+from pitrack.errors import PitrackError
+
+TAPVID_COLUMNS = (("AJ", "AJ"), ("delta_avg", "<δ avg"), ("OA", "OA"))
+BADJA_COLUMNS = (("PCK_seg", "PCK@seg"), ("PCK_3px", "PCK@3px"))
+
+
+def run_one(config_path, video_dir, mode, json_path, pred_path=None):
+    """Track and score one video in this process; write its JSON record atomically."""
+    from pitrack import Tracker, load_config
+    config = load_config(config_path)
+    video = open_video_folder(video_dir)
+    t0 = time.perf_counter()
+    frames = video.load_frames()
+    load_s = time.perf_counter() - t0
+    queries, _ = video.queries(mode)
+    tracker = Tracker(config, progress=sys.stderr.isatty())
+    result = tracker(frames, queries)
+    metrics = video.score(result.tracks, result.visible, mode)
+    rec = {
+        "video": video.name, "kind": video.kind, "mode": mode if video.kind == "tapvid" else "badja",
+        "config": config.name, "config_fingerprint": config.fingerprint(), "data": os.path.abspath(video_dir),
+        "num_queries": int(queries.shape[0]), "num_frames": int(frames.shape[0]),
+        "frame_size": f"{frames.shape[2]}x{frames.shape[1]}",
+        "seconds": tracker.stats["seconds"], "load_seconds": load_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "metrics": metrics, "stats": {k: v for k, v in tracker.stats.items() if k != "seconds"},
+    }
+    if pred_path:
+        save_npz(pred_path, tracks=result.tracks, visible=result.visible, sigma=result.sigma, queries=queries)
+    save_json(json_path, rec)
+    return rec
+
+
+def _fmt(v, pct=False):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return f"{100 * v:.1f}" if pct else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def markdown_table(records, title):
+    """Per-video rows and a final mean row. Metrics in %, seconds, peak RSS in MB, stage stats ending _s/_mb."""
+    kind = records[0]["kind"]
+    cols = TAPVID_COLUMNS if kind == "tapvid" else BADJA_COLUMNS
+    extra = sorted({k for r in records for k, v in r["stats"].items()
+                    if isinstance(v, (int, float)) and (k.endswith("_s") or k.endswith("_mb"))})
+    head = ["video", "queries"] + [c[1] for c in cols] + ["s", "peak MB"] + extra
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(name, nq, m, s, mem, st):
+        return ("| " + " | ".join([name, nq] + [_fmt(m.get(c[0]), True) for c in cols] + [_fmt(s), _fmt(mem)]
+                                  + [_fmt(st.get(k)) for k in extra]) + " |")
+
+    for r in records:
+        lines.append(row(r["video"], str(r["num_queries"]), r["metrics"], r["seconds"], r["peak_rss_mb"], r["stats"]))
+    mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None
+    lines.append(row(f"**mean ({len(records)})**", str(sum(r["num_queries"] for r in records)),
+                     {c[0]: mean([r["metrics"].get(c[0]) for r in records]) for c in cols},
+                     mean([r["seconds"] for r in records]), mean([r["peak_rss_mb"] for r in records]),
+                     {k: mean([r["stats"].get(k) for r in records]) for k in extra}))
+    return "\n".join(lines) + "\n"
+
+
+def summarize(records):
+    kind = records[0]["kind"]
+    cols = TAPVID_COLUMNS if kind == "tapvid" else BADJA_COLUMNS
+    s = {c[0]: float(np.mean([r["metrics"][c[0]] for r in records])) for c in cols}
+    s.update(videos=len(records), seconds_mean=float(np.mean([r["seconds"] for r in records])),
+             peak_rss_mb_max=float(np.max([r["peak_rss_mb"] for r in records])))
+    return s
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--data", required=True, help="dataset folder of video folders, or one video folder")
+    p.add_argument("--mode", choices=["first", "strided"], default="first", help="TAP-Vid query mode")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--videos", help="comma-separated subset of video names")
+    p.add_argument("--save-pred", action="store_true", help="also keep each video's prediction .npz")
+    p.add_argument("--fresh", action="store_true", help="recompute videos that already have results")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one video in this process
+    args = p.parse_args(argv)
+    try:
+        if args.worker:
+            pred = os.path.join(args.out, os.path.basename(args.worker) + ".npz") if args.save_pred else None
+            run_one(args.config, args.worker, args.mode,
+                    os.path.join(args.out, os.path.basename(os.path.normpath(args.worker)) + ".json"), pred)
+            return 0
+        from pitrack import load_config
+        from tqdm import tqdm
+        config = load_config(args.config)
+        folders = list_video_folders(args.data)
+        if args.videos:
+            wanted = args.videos.split(",")
+            names = {os.path.basename(os.path.normpath(f)): f for f in folders}
+            missing = [w for w in wanted if w not in names]
+            if missing:
+                raise PitrackError(f"--videos: no video named {missing[0]} in {args.data}")
+            folders = [names[w] for w in wanted]
+        os.makedirs(args.out, exist_ok=True)
+        records = []
+        for folder in tqdm(folders, desc=f"bench {config.name} {args.mode}", disable=not sys.stderr.isatty()):
+            name = os.path.basename(os.path.normpath(folder))
+            jpath = os.path.join(args.out, name + ".json")
+            rec = None
+            if os.path.exists(jpath) and not args.fresh:
+                try:
+                    with open(jpath) as f:
+                        rec = json.load(f)
+                except (OSError, ValueError):
+                    rec = None
+                kind_mode = args.mode if open_video_folder(folder).kind == "tapvid" else "badja"
+                if rec is not None and (rec.get("config_fingerprint") != config.fingerprint()
+                                        or rec.get("mode") != kind_mode
+                                        or rec.get("data") != os.path.abspath(folder)):
+                    rec = None
+            if rec is None:
+                cmd = [sys.executable, "-m", "eval.bench", "--config", args.config, "--mode", args.mode,
+                       "--out", args.out, "--worker", folder] + (["--save-pred"] if args.save_pred else [])
+                r = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                if r.returncode != 0:
+                    raise PitrackError(f"video {name} failed (exit code {r.returncode})")
+                with open(jpath) as f:
+                    rec = json.load(f)
+            records.append(rec)
+            m = rec["metrics"]
+            shown = " ".join(f"{k}={100 * m[k]:.1f}" for k, _ in (TAPVID_COLUMNS if rec["kind"] == "tapvid" else BADJA_COLUMNS))
+            print(f"{name}: {shown} {rec['seconds']:.1f}s {rec['peak_rss_mb']:.0f}MB", file=sys.stderr)
+        kinds = {r["kind"] for r in records}
+        if len(kinds) > 1:
+            raise PitrackError(f"{args.data} mixes TAP-Vid and BADJA folders; benchmark them separately")
+        title = f"{config.name} on {os.path.basename(os.path.normpath(args.data))}" + \
+                (f", query-{args.mode}" if records[0]["kind"] == "tapvid" else "")
+        table = markdown_table(records, title)
+        save_text(os.path.join(args.out, "table.md"), table)
+        save_json(os.path.join(args.out, "summary.json"), {"config": config.name, "mode": args.mode,
+                                                            "mean": summarize(records)})
+        print(table)
+    except PitrackError as e:
+        print(f"eval.bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

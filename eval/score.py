@@ -1,0 +1,62 @@
+"""Score one prediction against one video folder; prints one JSON line.
+
+    python -m eval.score --data DIR --pred pred.npz --mode first|strided
+
+The prediction must be made with that video's queries for the mode (``python -m eval.queries`` writes
+them): tracks in file order; strided: for each track, its query frames ascending. TAP-Vid folders print
+{"AJ", "delta_avg", "OA"} (fractions); BADJA folders print {"PCK_seg", "PCK_3px"}.
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from eval.datasets import open_video_folder
+from pitrack.errors import InputError, PitrackError
+
+
+def load_prediction(path):
+    try:
+        d = np.load(path, allow_pickle=False)
+        return {k: d[k] for k in d.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read prediction {path}: {e}") from None
+
+
+def score_prediction(video, pred, mode):
+    """Metrics dict for a prediction dict (keys tracks, visible, optional queries) on a dataset video."""
+    for k in ("tracks", "visible"):
+        if k not in pred:
+            raise InputError(f"prediction has no '{k}' array")
+    expected, _ = video.queries(mode)
+    if "queries" in pred:
+        q = np.asarray(pred["queries"])
+        if q.shape != expected.shape or not np.allclose(q, expected, atol=1e-3):
+            raise InputError(f"prediction was made with other queries than {video.name}'s '{mode}' queries "
+                             f"({q.shape[0]} given, {expected.shape[0]} expected)")
+    return video.score(pred["tracks"], pred["visible"], mode)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m eval.score", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="one video folder (TAP-Vid or BADJA format)")
+    p.add_argument("--pred", required=True, help="prediction .npz from run_video.py")
+    p.add_argument("--mode", choices=["first", "strided"], default="first")
+    p.add_argument("--all", action="store_true", help="print per-threshold numbers too")
+    args = p.parse_args(argv)
+    try:
+        video = open_video_folder(args.data)
+        m = score_prediction(video, load_prediction(args.pred), args.mode)
+    except PitrackError as e:
+        print(f"eval.score: error: {e}", file=sys.stderr)
+        return 2
+    if not args.all:
+        keys = ("AJ", "delta_avg", "OA") if video.kind == "tapvid" else ("PCK_seg", "PCK_3px")
+        m = {k: m[k] for k in keys}
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

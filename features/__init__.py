@@ -1,0 +1,1 @@
+"""Frozen backbone features computed once per frame and cached (issue 5)."""

@@ -1,0 +1,1 @@
+"""Candidate filters: SAM2 mask filter and geometry-aware feature-similarity filter."""

@@ -1,0 +1,1 @@
+"""Bidirectional Gaussian integration of flow chains and keypoint observations (issue 4)."""

@@ -1,0 +1,19 @@
+"""pitrack: a test-time-optimisation point tracker (probabilistic integration of flows and keypoints).
+
+Public API::
+
+    from pitrack import Tracker, load_video
+    tracker = Tracker.from_config("configs/baselines/klt.yaml")
+    tracks, visible, sigma = tracker(video, queries)
+
+``video`` is uint8 [T, H, W, 3] RGB; ``queries`` float32 [N, 3] rows (t, x, y) in pixels of the
+original frames (TAP-Vid corner convention). ``tracks`` float32 [N, T, 2] (x, y) original pixels,
+``visible`` bool [N, T], ``sigma`` float32 [N, T] position uncertainty in original pixels.
+"""
+from pitrack.errors import InputError, ConfigError, WeightsError
+from pitrack.config import load_config
+from pitrack.video import load_video
+from pitrack.tracker import Tracker, TrackResult, grid_queries
+
+__all__ = ["Tracker", "TrackResult", "load_video", "load_config", "grid_queries",
+           "InputError", "ConfigError", "WeightsError"]

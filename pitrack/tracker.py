@@ -1,0 +1,127 @@
+"""The one place that wires a tracker together: config -> backend, input checks, output checks.
+
+Usage (shapes and units are those of the package docstring)::
+
+    tracker = Tracker.from_config("configs/baselines/klt.yaml")
+    tracks, visible, sigma = tracker(video, queries)
+"""
+import hashlib
+import importlib
+import os
+import time
+import typing
+
+import numpy as np
+
+from pitrack.config import Config, load_config
+from pitrack.errors import ConfigError, InputError
+from pitrack.paths import cache_root
+from pitrack.video import check_video
+
+# tracker name -> "module:function" with signature fn(video, queries, config, context) -> (tracks, visible, sigma)
+BACKENDS = {
+    "static": "pitrack.baselines:track_static",
+    "klt": "pitrack.baselines:track_klt",
+}
+
+
+class TrackResult(typing.NamedTuple):
+    tracks: np.ndarray   # float32 [N, T, 2] (x, y) pixels of the original frames, corner convention
+    visible: np.ndarray  # bool [N, T]
+    sigma: np.ndarray    # float32 [N, T] position uncertainty (1-σ) in original pixels
+
+
+def check_queries(queries, video_shape):
+    """Validate queries float [N, 3] rows (t, x, y) against a video of shape [T, H, W, 3]; returns float32."""
+    T, H, W = video_shape[:3]
+    q = np.asarray(queries)
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise InputError(f"queries must have shape [N, 3] with rows (t, x, y), got {list(q.shape)}")
+    if q.shape[0] == 0:
+        raise InputError("queries are empty (N = 0)")
+    if not np.issubdtype(q.dtype, np.number):
+        raise InputError(f"queries must be numbers, got dtype {q.dtype}")
+    q = q.astype(np.float32)
+    if not np.all(np.isfinite(q)):
+        raise InputError("queries contain NaN or infinity")
+    t = q[:, 0]
+    bad = np.nonzero((np.abs(t - np.round(t)) > 1e-3) | (t < 0) | (t > T - 1))[0]
+    if bad.size:
+        raise InputError(f"query {bad[0]} has frame index {t[bad[0]]:g}: must be an integer in [0, {T - 1}]")
+    bad = np.nonzero((q[:, 1] < 0) | (q[:, 1] > W) | (q[:, 2] < 0) | (q[:, 2] > H))[0]
+    if bad.size:
+        i = bad[0]
+        raise InputError(f"query {i} at (x={q[i, 1]:g}, y={q[i, 2]:g}) lies outside the {W}x{H} frame")
+    q[:, 0] = np.round(t)
+    return q
+
+
+def grid_queries(k, frame, height, width):
+    """K×K queries at frame ``frame``: cell centres x = (i + 0.5)·W/K, y = (j + 0.5)·H/K (original pixels). [K², 3]."""
+    if k < 1:
+        raise InputError(f"--grid must be >= 1, got {k}")
+    xs = (np.arange(k) + 0.5) * width / k
+    ys = (np.arange(k) + 0.5) * height / k
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([np.full(k * k, frame, np.float64), gx.ravel(), gy.ravel()], 1).astype(np.float32)
+
+
+def video_digest(video):
+    """Content key of a video array (shape + bytes), 16 hex digits."""
+    h = hashlib.sha256(repr(video.shape).encode())
+    h.update(memoryview(np.ascontiguousarray(video)).cast("B"))
+    return h.hexdigest()[:16]
+
+
+class TrackContext:
+    """What a backend gets besides video, queries and config: progress switch, cache folder, stats."""
+
+    def __init__(self, video, progress=True, use_cache=True, cache_dir=None):
+        self._video = video
+        self.progress = progress
+        self.use_cache = use_cache
+        self._cache_dir = cache_dir
+        self.stats = {}
+
+    def video_cache_dir(self):
+        """This video's cache folder (one compact folder per video, keyed by content)."""
+        if self._cache_dir is None:
+            self._cache_dir = os.path.join(cache_root(), video_digest(self._video))
+        os.makedirs(self._cache_dir, exist_ok=True)
+        return self._cache_dir
+
+
+class Tracker:
+    """A point tracker built from a config. Call it with a video and queries (see TrackResult)."""
+
+    def __init__(self, config=None, progress=True, use_cache=True, cache_dir=None):
+        self.config: Config = load_config(config)
+        if self.config.tracker not in BACKENDS:
+            raise ConfigError(f"unknown tracker '{self.config.tracker}' (known: {', '.join(sorted(BACKENDS))})")
+        mod, fn = BACKENDS[self.config.tracker].split(":")
+        self._backend = getattr(importlib.import_module(mod), fn)
+        self.progress = progress
+        self.use_cache = use_cache
+        self.cache_dir = cache_dir
+        self.stats = {}
+
+    @classmethod
+    def from_config(cls, path, **kwargs):
+        return cls(load_config(path), **kwargs)
+
+    def __call__(self, video, queries):
+        """Track ``queries`` [N, 3] (t, x, y original px) through ``video`` uint8 [T, H, W, 3] RGB -> TrackResult."""
+        video = check_video(video)
+        queries = check_queries(queries, video.shape)
+        ctx = TrackContext(video, self.progress, self.use_cache, self.cache_dir)
+        t0 = time.perf_counter()
+        tracks, visible, sigma = self._backend(video, queries, self.config, ctx)
+        ctx.stats["seconds"] = time.perf_counter() - t0
+        self.stats = ctx.stats
+        N, T = queries.shape[0], video.shape[0]
+        tracks = np.asarray(tracks, np.float32)
+        visible = np.asarray(visible, bool)
+        sigma = np.asarray(sigma, np.float32)
+        assert tracks.shape == (N, T, 2) and visible.shape == (N, T) and sigma.shape == (N, T), \
+            f"backend {self.config.tracker} returned wrong shapes"
+        return TrackResult(tracks, visible, sigma)

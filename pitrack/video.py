@@ -1,0 +1,67 @@
+"""Reading videos: a folder of frames (jpg/png, sorted by name) or a video file OpenCV can decode."""
+import os
+
+import numpy as np
+
+from pitrack.errors import InputError
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def list_frame_files(folder):
+    """Sorted frame file names (jpg/jpeg/png) in ``folder``."""
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(FRAME_EXTENSIONS))
+
+
+def load_video(path, max_frames=None):
+    """Video as uint8 RGB [T, H, W, 3] from a frame folder or a video file. Raises InputError on bad input."""
+    import cv2
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"video not found: {path}")
+    frames = []
+    if os.path.isdir(path):
+        names = list_frame_files(path)
+        if max_frames is not None:
+            names = names[:max_frames]
+        if not names:
+            raise InputError(f"video folder has no .jpg/.png frames: {path}")
+        for name in names:
+            img = cv2.imread(os.path.join(path, name), cv2.IMREAD_COLOR)
+            if img is None:
+                raise InputError(f"cannot read frame {os.path.join(path, name)}")
+            if frames and img.shape != frames[0].shape:
+                raise InputError(f"frame {name} is {img.shape[1]}x{img.shape[0]} but the first frame is "
+                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}: all frames must have one size")
+            frames.append(img)
+    else:
+        cap = cv2.VideoCapture(path)
+        if not cap.isOpened():
+            raise InputError(f"cannot open video file {path}")
+        try:
+            while max_frames is None or len(frames) < max_frames:
+                ok, img = cap.read()
+                if not ok:
+                    break
+                if frames and img.shape != frames[0].shape:
+                    raise InputError(f"frame {len(frames)} of {path} changes size")
+                frames.append(img)
+        finally:
+            cap.release()
+        if not frames:
+            raise InputError(f"video file has zero decodable frames: {path}")
+    video = np.stack(frames)[..., ::-1]  # BGR -> RGB
+    return np.ascontiguousarray(video)
+
+
+def check_video(video):
+    """Validate a video array: uint8 [T, H, W, 3] with T >= 1. Returns it as a contiguous array."""
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise InputError(f"video must have shape [T, H, W, 3], got {list(video.shape)}")
+    if video.shape[0] < 1 or video.shape[1] < 1 or video.shape[2] < 1:
+        raise InputError(f"video is empty: shape {list(video.shape)}")
+    if video.dtype != np.uint8:
+        raise InputError(f"video must be uint8 (0..255), got {video.dtype}")
+    return np.ascontiguousarray(video)

@@ -1,0 +1,1 @@
+"""Per-video test-time optimisation of the feature extractor and heatmap refiner (issue 5)."""
