@@ -137,7 +137,7 @@ def main(argv=None):
                                         or rec.get("data") != os.path.abspath(folder)):
                     rec = None
             if rec is None:
-                cmd = [sys.executable, "-m", "eval.bench", "--config", args.config, "--mode", args.mode,
+                cmd = [sys.executable, "-m", "eval.bench", "--config", args.config, "--mode", args.mode, "--data", folder,
                        "--out", args.out, "--worker", folder] + (["--save-pred"] if args.save_pred else [])
                 r = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
                 if r.returncode != 0:

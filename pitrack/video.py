@@ -1,5 +1,7 @@
 """Reading videos: a folder of frames (jpg/png, sorted by name) or a video file OpenCV can decode."""
+import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -11,6 +13,25 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 def list_frame_files(folder):
     """Sorted frame file names (jpg/jpeg/png) in ``folder``."""
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(FRAME_EXTENSIONS))
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence what native decoders (FFmpeg inside OpenCV) print on file descriptor 2; our own error says it."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def load_video(path, max_frames=None):
@@ -36,19 +57,20 @@ def load_video(path, max_frames=None):
                                  f"{frames[0].shape[1]}x{frames[0].shape[0]}: all frames must have one size")
             frames.append(img)
     else:
-        cap = cv2.VideoCapture(path)
-        if not cap.isOpened():
-            raise InputError(f"cannot open video file {path}")
-        try:
-            while max_frames is None or len(frames) < max_frames:
-                ok, img = cap.read()
-                if not ok:
-                    break
-                if frames and img.shape != frames[0].shape:
-                    raise InputError(f"frame {len(frames)} of {path} changes size")
-                frames.append(img)
-        finally:
-            cap.release()
+        with _quiet_native_stderr():
+            cap = cv2.VideoCapture(path)
+            try:
+                if not cap.isOpened():
+                    raise InputError(f"cannot open video file {path}")
+                while max_frames is None or len(frames) < max_frames:
+                    ok, img = cap.read()
+                    if not ok:
+                        break
+                    if frames and img.shape != frames[0].shape:
+                        raise InputError(f"frame {len(frames)} of {path} changes size")
+                    frames.append(img)
+            finally:
+                cap.release()
         if not frames:
             raise InputError(f"video file has zero decodable frames: {path}")
     video = np.stack(frames)[..., ::-1]  # BGR -> RGB
