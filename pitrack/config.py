@@ -11,6 +11,8 @@ import typing
 
 import yaml
 
+from flow.config import FlowConfig
+from fusion.config import ChainConfig
 from pitrack.errors import ConfigError
 
 
@@ -25,9 +27,11 @@ class KLTConfig:
 
 @dataclasses.dataclass
 class Config:
-    tracker: str = "klt"          # which tracker: static | klt (later issues add more)
+    tracker: str = "klt"          # which tracker: static | klt | mft
     seed: int = 0
     klt: KLTConfig = dataclasses.field(default_factory=KLTConfig)
+    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+    chain: ChainConfig = dataclasses.field(default_factory=ChainConfig)
     name: str = ""                # set from the file name when loaded from YAML
 
     def fingerprint(self):

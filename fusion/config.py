@@ -1,0 +1,33 @@
+"""Configuration of the flow-chain tracker (YAML section ``chain``)."""
+import dataclasses
+
+
+def _default_intervals():
+    return ["1", "2", "4", "8", "16", "32", "inf"]
+
+
+@dataclasses.dataclass
+class ChainConfig:
+    # Δ of the candidates: flow(t−Δ → t) chained onto the estimate at t−Δ; 'inf' is the query frame itself
+    intervals: list[str] = dataclasses.field(default_factory=_default_intervals)
+    occlusion_threshold: float = 0.5   # a candidate is visible when its occlusion probability is below this
+    query_sigma: float = 0.5           # σ (working px) of the query position itself
+
+    def parsed_intervals(self):
+        """Sorted finite intervals (ints >= 1) and whether the query-frame interval 'inf' is used."""
+        from pitrack.errors import ConfigError
+        finite, use_inf = set(), False
+        for s in self.intervals:
+            if str(s).lower() in ("inf", ".inf", "infinity"):
+                use_inf = True
+                continue
+            try:
+                d = int(s)
+            except ValueError:
+                raise ConfigError(f"chain.intervals: {s!r} is neither a positive integer nor 'inf'") from None
+            if d < 1:
+                raise ConfigError(f"chain.intervals: {d} must be >= 1")
+            finite.add(d)
+        if not finite and not use_inf:
+            raise ConfigError("chain.intervals is empty")
+        return sorted(finite), use_inf

@@ -1,0 +1,111 @@
+"""Chaining maths of the flow-chain tracker on synthetic flow fields with known answers."""
+import numpy as np
+import pytest
+import torch
+
+from flow.bank import FlowField
+from fusion.chain import chain_pass, needed_pairs, sample_fields, select_least_sigma
+
+
+class AnalyticFlows:
+    """Flow fields of a known motion: ``warp(xy, a, b)`` maps pixel-centre positions of frame a to frame b.
+    ``occluded(xy, b)`` marks where frame b hides the scene. Every flow has variance ``var`` px²."""
+
+    def __init__(self, T, hw, warp, occluded=None, var=0.1):
+        self.T, self.working_hw, self.warp, self.occluded, self.var = T, hw, warp, occluded, var
+        h, w = hw
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+        self.grid = np.stack([xs, ys], -1)
+        self.calls = []
+
+    def get(self, a, b):
+        self.calls.append((a, b))
+        moved = self.warp(self.grid, a, b)
+        occ = np.zeros(self.working_hw, np.float32) if self.occluded is None else self.occluded(moved, b).astype(np.float32)
+        return FlowField((moved - self.grid).transpose(2, 0, 1).astype(np.float32), occ,
+                         np.full(self.working_hw, self.var, np.float32))
+
+
+def translate(v):
+    return lambda xy, a, b: xy + (b - a) * np.asarray(v)
+
+
+def rotate(omega, c):
+    def warp(xy, a, b):
+        th = omega * (b - a)
+        R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        return (xy - c) @ R.T + c
+    return warp
+
+
+def run(bank, q, tq, intervals=(1, 2, 4, 8), use_inf=True, direction=1):
+    return chain_pass(bank, bank.T, np.asarray(q, np.float32), np.asarray(tq), list(intervals), use_inf, 0.5, 0.25,
+                      direction)
+
+
+def test_sample_fields_is_bilinear_at_pixel_centres():
+    f = torch.arange(12, dtype=torch.float32).reshape(1, 1, 3, 4)    # value = 4y + x
+    pts = torch.tensor([[[0.0, 0.0], [3.0, 2.0], [1.5, 0.5]]])
+    assert sample_fields(f, pts)[0, :, 0].tolist() == pytest.approx([0, 11, 3.5])
+
+
+def test_translation_is_exact_and_variance_adds():
+    bank = AnalyticFlows(10, (40, 50), translate([1.5, -0.5]))
+    xy, var, occ, vis = run(bank, [[10, 30]], [0])
+    expect = np.array([10, 30]) + np.arange(10)[:, None] * np.array([1.5, -0.5])
+    assert np.allclose(xy[0].numpy(), expect, atol=1e-4)
+    assert vis[0].all()
+    # least σ² wins: the query-frame interval (∞) gives σ² = 0.25 + 0.1 at every frame
+    assert np.allclose(var[0, 1:].numpy(), 0.35)
+
+
+def test_rotation_from_middle_query_both_directions():
+    c = np.array([20.0, 20.0])
+    bank = AnalyticFlows(12, (41, 41), rotate(0.05, c))
+    q = np.array([[30.0, 20.0]])
+    fwd = run(bank, q, [5], direction=1)
+    bwd = run(bank, q, [5], direction=-1)
+    for t in range(12):
+        expect = rotate(0.05, c)(q, 5, t)[0]
+        got = (fwd if t >= 5 else bwd)[0][0, t].numpy()
+        assert np.allclose(got, expect, atol=1e-3), (t, got, expect)
+
+
+def test_point_leaving_the_frame_is_occluded():
+    bank = AnalyticFlows(8, (20, 20), translate([4.0, 0.0]))
+    xy, var, occ, vis = run(bank, [[10, 10]], [0])
+    inside = xy[0, :, 0].numpy() <= 19.5
+    assert vis[0].numpy().tolist() == inside.tolist() and not inside.all()
+
+
+def test_occluded_stretch_and_recovery_through_the_query_interval():
+    # frames 3..5 hide everything right of x = 0 (the whole frame): chained candidates through them stay
+    # occluded (occlusion takes the max), the query-frame interval recovers the point at frame 6
+    occluded = lambda xy, b: np.full(xy.shape[:2], 3 <= b <= 5)
+    bank = AnalyticFlows(10, (30, 40), translate([1.0, 0.0]), occluded)
+    xy, var, occ, vis = run(bank, [[5, 15]], [0], intervals=(1,), use_inf=True)
+    assert vis[0].numpy().tolist() == [True, True, True, False, False, False, True, True, True, True]
+    assert np.allclose(xy[0, :, 0].numpy(), 5 + np.arange(10), atol=1e-4)
+    # without the query-frame interval the Δ=1 chain cannot come back
+    xy, var, occ, vis = run(bank, [[5, 15]], [0], intervals=(1,), use_inf=False)
+    assert vis[0].numpy().tolist() == [True, True, True] + [False] * 7
+
+
+def test_selection_prefers_visible_then_least_variance():
+    xy = torch.tensor([[[0.0, 0], [1, 1], [2, 2]]])
+    var = torch.tensor([[1.0, 0.5, 0.1]])
+    occ = torch.tensor([[0.1, 0.2, 0.9]])       # the least-σ² candidate is occluded
+    ok = torch.tensor([[True, True, True]])
+    p, v, o, vis = select_least_sigma(xy, var, occ, ok, 0.5)
+    assert p[0].tolist() == [1, 1] and vis[0]
+    p, v, o, vis = select_least_sigma(xy, var, torch.ones(1, 3), ok, 0.5)
+    assert p[0].tolist() == [2, 2] and not vis[0]
+
+
+def test_needed_pairs_cover_both_passes():
+    pairs = needed_pairs([2], 6, [1, 2], True)
+    assert (1, 2) not in pairs and (3, 2) not in pairs and (2, 3) in pairs and (2, 1) in pairs and (2, 5) in pairs and (0, 2) not in pairs
+    bank = AnalyticFlows(6, (10, 10), translate([0.0, 0.0]))
+    run(bank, [[5, 5]], [2], intervals=(1, 2), direction=1)
+    run(bank, [[5, 5]], [2], intervals=(1, 2), direction=-1)
+    assert set(bank.calls) <= pairs

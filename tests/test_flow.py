@@ -1,0 +1,333 @@
+"""Flow stage: RAFT checkpoint loading, RAFT/DIS flow on real frames, FB occlusion/variance, the flow bank cache."""
+import dataclasses
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from flow.bank import FlowBank
+from flow.config import FlowConfig
+from flow.dis import dis_flow
+from flow.occlusion import FBUncertainty, bilinear_sample, fb_occlusion_variance, fb_residual, make_uncertainty
+from flow.raft import _mapped_tensors, _read_checkpoint, load_raft, raft_flow
+from pitrack.errors import ConfigError, WeightsError
+from pitrack.paths import WEIGHTS_ENV
+from pitrack.video import load_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DAVIS = os.path.join(os.path.dirname(REPO), "shared", "data", "tapvid_davis32")
+
+
+def _weights_dir():
+    d = os.environ.get(WEIGHTS_ENV)
+    if d and os.path.isfile(os.path.join(d, "raft-small.pth")):
+        return d
+    d = os.path.join(os.path.dirname(REPO), "shared", "weights")
+    return d if os.path.isfile(os.path.join(d, "raft-small.pth")) else None
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def weights(monkeypatch):
+    d = _weights_dir()
+    if d is None:
+        pytest.skip(f"raft-small.pth not found in ${WEIGHTS_ENV} or ../shared/weights (official RAFT-small weights)")
+    monkeypatch.setenv(WEIGHTS_ENV, d)
+    return os.path.join(d, "raft-small.pth")
+
+
+def _davis(video="blackswan", n=2):
+    folder = os.path.join(DAVIS, video, "frames")
+    if not os.path.isdir(folder):
+        pytest.skip(f"DAVIS frames not found at {folder}")
+    return load_video(folder, max_frames=n)
+
+
+def _resize(frames, w, h):
+    import cv2
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def _warp_error(f0, f1, flow):
+    """Mean |f0(p) − f1(p + flow(p))| (bilinear), over pixels whose target stays inside the frame."""
+    import cv2
+    h, w = f0.shape[:2]
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = gx + flow[0], gy + flow[1]
+    warped = cv2.remap(f1.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
+    return float(np.abs(warped - f0.astype(np.float32)).mean(-1)[inside].mean())
+
+
+# --- (a) + (c): checkpoints ------------------------------------------------------------------------------
+
+def test_official_raft_small_loads_strictly(weights):
+    model = load_raft("raft_small")
+    assert model.pitrack_weights == weights and not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    ckpt = _read_checkpoint(weights)
+    sd = model.state_dict()
+    assert len(ckpt) == len(sd) == 106
+    # the name translation equals the one-to-one in-order mapping, and every tensor arrived unchanged
+    mapped = _mapped_tensors(ckpt, "raft_small", weights)
+    assert [t for _, t, _ in mapped] == list(sd)
+    for (k, v), t in zip(ckpt.items(), sd):
+        assert torch.equal(sd[t], v), k
+
+
+def test_torchvision_format_state_dict_loads(tmp_path):
+    from torchvision.models.optical_flow import raft_small
+    torch.manual_seed(0)
+    sd = raft_small(weights=None).state_dict()
+    p = tmp_path / "tv.pth"
+    torch.save(sd, p)
+    model = load_raft("raft_small", str(p))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_mismatching_checkpoint_raises(weights, tmp_path):
+    ckpt = _read_checkpoint(weights)
+    key = "module.update_block.flow_head.conv1.weight"
+    bad = dict(ckpt)
+    bad[key] = torch.zeros(64, 96, 3, 3)
+    p = tmp_path / "bad.pth"
+    torch.save(bad, p)
+    with pytest.raises(WeightsError) as e:
+        load_raft("raft_small", str(p))
+    msg = str(e.value)
+    assert str(p) in msg and key in msg and "(64, 96, 3, 3)" in msg and "(128, 96, 3, 3)" in msg
+    # one tensor missing: wrong count, named
+    short = dict(ckpt)
+    del short["module.cnet.conv2.bias"]
+    torch.save(short, p)
+    with pytest.raises(WeightsError, match=r"105 tensors.*106.*context_encoder\.conv\.bias"):
+        load_raft("raft_small", str(p))
+    # a raft_small checkpoint is not a raft_large one
+    with pytest.raises(WeightsError, match="does not fit raft_large"):
+        load_raft("raft_large", weights)
+    # a missing explicit file and a non-checkpoint file
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_raft("raft_small", str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read checkpoint"):
+        load_raft("raft_small", str(tmp_path / "junk.pth"))
+
+
+# --- (b): flows on a real frame pair -----------------------------------------------------------------------
+
+def test_raft_flow_warps_real_frames(weights):
+    f = _resize(_davis("blackswan"), 320, 180)   # 180 is not a multiple of 8: padding is exercised
+    model = load_raft("raft_small")
+    flow = raft_flow(model, f[:1], f[1:], iterations=12)
+    assert flow.shape == (1, 2, 180, 320) and flow.dtype == np.float32
+    e_flow, e_zero = _warp_error(f[0], f[1], flow[0]), _warp_error(f[0], f[1], np.zeros((2, 180, 320), np.float32))
+    assert e_flow < 0.7 * e_zero, (e_flow, e_zero)
+
+
+def test_dis_flow_warps_real_frames():
+    f = _resize(_davis("blackswan"), 320, 180)
+    flow = dis_flow(f[:1], f[1:], "medium")
+    assert flow.shape == (1, 2, 180, 320) and flow.dtype == np.float32
+    e_flow, e_zero = _warp_error(f[0], f[1], flow[0]), _warp_error(f[0], f[1], np.zeros((2, 180, 320), np.float32))
+    assert e_flow < 0.7 * e_zero, (e_flow, e_zero)
+
+
+# --- (d): forward–backward residual, occlusion, variance ----------------------------------------------------
+
+def test_bilinear_sample_is_exact_on_linear_fields():
+    h, w = 20, 30
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    field = np.stack([2 * gx + 1, -gy + 0.5 * gx])
+    x, y = np.array([3.25, 10.5, 28.9]), np.array([1.75, 18.0, 0.1])
+    np.testing.assert_allclose(bilinear_sample(field, x, y), np.stack([2 * x + 1, -y + 0.5 * x]), atol=1e-4)
+
+
+def test_fb_residual_zero_for_consistent_pair():
+    h, w = 40, 60
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # zoom by s about the centre: forward (s−1)(p−c), backward (1/s − 1)(q−c); bilinear is exact on it
+    s, c = 1.1, np.array([29.5, 19.5], np.float32)[:, None, None]
+    p = np.stack([gx, gy])
+    fwd = ((s - 1) * (p - c)).astype(np.float32)
+    bwd = ((1 / s - 1) * (p - c)).astype(np.float32)
+    r, outside, _ = fb_residual(fwd, bwd)
+    assert outside.any() and not outside[10:30, 10:50].any()
+    assert r[~outside].max() < 1e-3
+    # translation by a non-integer amount
+    fwd = np.broadcast_to(np.array([3.5, -2.25], np.float32)[:, None, None], (2, h, w)).copy()
+    r, outside, _ = fb_residual(fwd, -fwd)
+    assert r[~outside].max() < 1e-5 and outside[:, -3:].all() and outside[:2].all()
+    occ, var = fb_occlusion_variance(fwd, -fwd)
+    assert occ[~outside].max() < 1e-6 and (occ[outside] == 1).all()
+    assert np.allclose(var[~outside], 0.25) and (var[outside] == 1e4).all()
+
+
+def test_fb_detects_synthetic_occlusion():
+    """An object (columns 20..29) moves 10 px right over a static background: in frame b it covers the
+    background columns 30..39 of frame a, which are therefore occluded."""
+    h, w = 32, 64
+    fwd = np.zeros((2, h, w), np.float32)
+    fwd[0, :, 20:30] = 10.0                       # object pixels of frame a go to columns 30..39 of b
+    bwd = np.zeros((2, h, w), np.float32)
+    bwd[0, :, 30:40] = -10.0                      # in frame b, columns 30..39 show the object: back to 20..29
+    r, outside, _ = fb_residual(fwd, bwd)
+    assert not outside.any()
+    assert r[:, 31:39].min() > 9.9                # background under the object: F_ab = 0, F_ba = −10
+    assert r[:, :19].max() < 1e-6 and r[:, 21:29].max() < 1e-6 and r[:, 41:].max() < 1e-6
+    occ, var = FBUncertainty()(fwd, bwd)
+    assert occ.dtype == np.float32 and var.dtype == np.float32
+    assert occ[:, 31:39].min() > 0.99 and occ[:, :19].max() < 1e-6 and occ[:, 21:29].max() < 1e-6
+    assert var[:, 31:39].min() > 20 and np.allclose(var[:, :19], 0.25)
+    assert ((occ >= 0) & (occ <= 1)).all()
+
+
+def test_uncertainty_selection():
+    assert isinstance(make_uncertainty(FlowConfig()), FBUncertainty)
+    with pytest.raises(ConfigError, match="unknown flow.uncertainty"):
+        make_uncertainty(FlowConfig(uncertainty="learned"))
+
+
+# --- (e): the flow bank and its cache ----------------------------------------------------------------------
+
+def test_bank_cache_reuse_raft(weights, tmp_path):
+    video = _davis("blackswan", 4)
+    cfg = FlowConfig(backend="raft_small", resolution="96x64", iterations=4, batch_size=2, weights="")
+    bank = FlowBank(video, cfg, str(tmp_path), progress=False)
+    assert bank.working_hw == (64, 96) and bank.frames.shape == (4, 64, 96, 3)
+    bank.prefetch([(0, 1), (1, 0), (1, 2), (2, 0), (3, 3)])
+    s = bank.stats
+    assert s["flow_pairs_computed"] == 3 and s["network_evals"] == 6 and s["flow_pairs_loaded"] == 0
+    assert s["flow_s"] > 0 and s["cache_mb"] > 0
+    assert len([f for f in os.listdir(bank.cache_folder) if f.endswith(".npz")]) == 3
+    f20 = bank.get(2, 0)
+    assert f20.flow.shape == (2, 64, 96) and f20.flow.dtype == np.float32
+    assert f20.occlusion.shape == (64, 96) and f20.var.shape == (64, 96)
+    # a lazily computed pair, computed alone, equals the batched result (up to float16 storage)
+    single = FlowBank(video, cfg, None, progress=False).get(0, 2)
+    np.testing.assert_allclose(single.flow, bank.get(0, 2).flow, atol=0.05)
+
+    bank2 = FlowBank(video, cfg, str(tmp_path), progress=False)
+    assert bank2.key == bank.key
+    bank2.prefetch([(0, 1), (1, 2), (0, 2)])
+    for a, b in [(0, 1), (1, 0), (1, 2), (2, 1), (0, 2), (2, 0)]:
+        g1, g2 = bank.get(a, b), bank2.get(a, b)
+        for x, y in zip(g1, g2):
+            np.testing.assert_array_equal(x, y)
+    s2 = bank2.stats
+    assert s2["flow_pairs_computed"] == 0 and s2["network_evals"] == 0 and s2["flow_pairs_loaded"] == 3
+    assert bank2._backend._model is None          # the network was not even loaded
+    z = bank2.get(1, 1)
+    assert not z.flow.any() and not z.occlusion.any()
+
+    # a different iterations setting (or resolution) is a different key and folder
+    other = FlowBank(video, dataclasses.replace(cfg, iterations=6), str(tmp_path), progress=False)
+    assert other.key != bank.key and other.cache_folder != bank.cache_folder
+    assert FlowBank(video, dataclasses.replace(cfg, resolution="64x64"), None, progress=False).key != bank.key
+
+
+def test_bank_corrupt_cache_is_recomputed(tmp_path):
+    video = _resize(_davis("blackswan", 3), 128, 72)
+    cfg = FlowConfig(backend="dis", resolution="native", dis_preset="fast", batch_size=4)
+    bank = FlowBank(video, cfg, str(tmp_path), progress=False)
+    bank.prefetch([(0, 1), (1, 2), (0, 2)])
+    ref = {p: bank.get(*p) for p in [(0, 1), (1, 2), (0, 2)]}
+    folder = bank.cache_folder
+    p01, p12 = os.path.join(folder, "000000_000001.npz"), os.path.join(folder, "000001_000002.npz")
+    with open(p01, "r+b") as f:                   # truncated file
+        f.truncate(os.path.getsize(p01) // 2)
+    with np.load(p12) as z:                       # a well-formed file with another key's content
+        d = dict(z)
+    d["key"] = np.array("0123456789abcdef")
+    with open(p12, "wb") as f:
+        np.savez_compressed(f, **d)
+
+    bank2 = FlowBank(video, cfg, str(tmp_path), progress=False)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        bank2.prefetch([(0, 1), (1, 2), (0, 2)])
+    assert sum("rejected" in str(x.message) for x in w) == 2
+    s = bank2.stats
+    assert s["flow_pairs_computed"] == 2 and s["flow_pairs_loaded"] == 1 and s["cache_files_rejected"] == 2
+    for p, field in ref.items():
+        np.testing.assert_array_equal(bank2.get(*p).flow, field.flow)
+    # the rewritten files are valid again
+    bank3 = FlowBank(video, cfg, str(tmp_path), progress=False)
+    bank3.prefetch([(0, 1), (1, 2), (0, 2)])
+    assert bank3.stats["flow_pairs_loaded"] == 3 and bank3.stats["flow_pairs_computed"] == 0
+    # DIS presets are separate keys; a different video is a different key
+    assert FlowBank(video, dataclasses.replace(cfg, dis_preset="medium"), None, progress=False).key != bank.key
+    assert FlowBank(video[::-1].copy(), cfg, None, progress=False).key != bank.key
+
+
+def test_bank_lazy_get_and_errors(tmp_path):
+    video = _resize(_davis("blackswan", 3), 128, 72)
+    bank = FlowBank(video, FlowConfig(backend="dis", dis_preset="ultrafast", resolution="64x48"), None,
+                    progress=False)
+    assert bank.working_hw == (48, 64)
+    f = bank.get(2, 0)                            # computes pair {0, 2} alone, both directions
+    assert bank.stats["flow_pairs_computed"] == 1 and bank.stats["network_evals"] == 2 and bank.has(0, 2)
+    assert bank.stats["cache_mb"] == 0
+    assert not f.flow.flags.writeable
+    with pytest.raises(Exception, match="out of range"):
+        bank.get(0, 3)
+    with pytest.raises(ConfigError, match="unknown flow.backend"):
+        FlowBank(video, FlowConfig(backend="pwc"), None)
+    with pytest.raises(ConfigError, match="dis_preset"):
+        FlowBank(video, FlowConfig(backend="dis", dis_preset="slow"), None)
+
+
+def _official_large_keys():
+    """Key names of an official princeton-vl RAFT (large) checkpoint, written from its module layout:
+    fnet = BasicEncoder(norm 'instance', no parameters), cnet = BasicEncoder(norm 'batch'), residual blocks
+    whose stride-2 downsample norm is registered twice (norm3 and downsample.1), BasicUpdateBlock."""
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    keys = []
+    for enc, batch in (("fnet", False), ("cnet", True)):
+        keys += [f"{enc}.norm1.{p}" for p in bn] if batch else []
+        keys += [f"{enc}.conv1.weight", f"{enc}.conv1.bias"]
+        for layer in (1, 2, 3):
+            for blk in (0, 1):
+                pre = f"{enc}.layer{layer}.{blk}"
+                keys += [f"{pre}.conv1.weight", f"{pre}.conv1.bias", f"{pre}.conv2.weight", f"{pre}.conv2.bias"]
+                down = layer > 1 and blk == 0
+                if batch:
+                    keys += [f"{pre}.norm{i}.{p}" for i in ((1, 2, 3) if down else (1, 2)) for p in bn]
+                if down:
+                    keys += [f"{pre}.downsample.0.weight", f"{pre}.downsample.0.bias"]
+                    keys += [f"{pre}.downsample.1.{p}" for p in bn] if batch else []
+        keys += [f"{enc}.conv2.weight", f"{enc}.conv2.bias"]
+    ub = "update_block"
+    for n in ("encoder.convc1", "encoder.convc2", "encoder.convf1", "encoder.convf2", "encoder.conv",
+              "gru.convz1", "gru.convr1", "gru.convq1", "gru.convz2", "gru.convr2", "gru.convq2",
+              "flow_head.conv1", "flow_head.conv2", "mask.0", "mask.2"):
+        keys += [f"{ub}.{n}.weight", f"{ub}.{n}.bias"]
+    return ["module." + k for k in keys]
+
+
+def test_official_raft_large_layout_translates(tmp_path):
+    """No raft-things.pth here: check that the official raft_large key layout covers torchvision's
+    raft_large exactly and loads strictly (tensors shaped like the model, BatchNorm aliases identical)."""
+    from torchvision.models.optical_flow import raft_large
+    from flow.raft import _official_to_torchvision_name
+    sd = raft_large(weights=None).state_dict()
+    keys = _official_large_keys()
+    targets = {k: _official_to_torchvision_name(k[len("module."):], "raft_large") for k in keys}
+    assert None not in targets.values()
+    assert set(targets.values()) == set(sd)
+    torch.manual_seed(0)
+    vals = {t: (torch.randn(sd[t].shape) if sd[t].is_floating_point() else sd[t].clone()) for t in sd}
+    p = tmp_path / "raft-things.pth"
+    torch.save({k: vals[targets[k]] for k in keys}, p)
+    model = load_raft("raft_large", str(p))
+    for t, v in model.state_dict().items():
+        assert torch.equal(v, vals[t]), t
