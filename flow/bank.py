@@ -42,6 +42,18 @@ class FlowField(typing.NamedTuple):
     var: np.ndarray        # float32 [h, w]: per-axis variance of the flow end point, working px²
 
 
+def sample_from_fields(get, pairs, points):
+    """[G, M, 4] (dx, dy, occlusion, variance) of pairs at points from whole FlowFields ``get(a, b)``."""
+    import torch
+    from flow.sampling import sample_fields
+    fields = []
+    for a, b in pairs:
+        f = get(a, b)
+        fields.append(np.concatenate([np.asarray(f.flow, np.float32), np.asarray(f.occlusion, np.float32)[None],
+                                      np.asarray(f.var, np.float32)[None]], 0))
+    return sample_fields(torch.from_numpy(np.stack(fields)), points)
+
+
 def make_backend(cfg):
     """The flow backend of ``cfg``: a callable (frames1, frames2) -> float32 [B, 2, h, w] with ``cache_id()``."""
     if cfg.backend in ("raft_small", "raft_large"):
@@ -267,6 +279,33 @@ class FlowBank:
         if len(self._fields) > _LRU_FIELDS:
             self._fields.popitem(last=False)
         return field
+
+    def sample(self, pairs, points):
+        """Flow, occlusion and variance of G frame pairs at G point sets, in one batch.
+
+        ``pairs``: G pairs (a, b); ``points``: torch float [G, M, 2] (x, y) working px, pixel-centre
+        convention, positions in frame a. Returns torch float32 [G, M, 4]: dx, dy (px), occlusion
+        probability, variance (px²) of the flow a → b at each point. With an estimator that works at
+        points (the FB check) only the sampled points are evaluated: F_ab at p, then F_ba at
+        q = p + F_ab(p); otherwise whole fields come from :meth:`get`.
+        """
+        import torch
+        from flow.sampling import sample_fields
+        at_points = getattr(self._uncertainty, "at_points", None)
+        if at_points is None:
+            return sample_from_fields(self.get, pairs, points)
+        pairs = [(self._check_index(a), self._check_index(b)) for a, b in pairs]
+        self._ensure(sorted({(min(a, b), max(a, b)) for a, b in pairs if a != b}))
+        zeros = np.zeros(self._shape(), np.float16)
+        fab = torch.from_numpy(np.stack([self._flows[(a, b)] if a != b else zeros for a, b in pairs])).float()
+        fba = torch.from_numpy(np.stack([self._flows[(b, a)] if a != b else zeros for a, b in pairs])).float()
+        d_ab = sample_fields(fab, points)
+        q = points + d_ab
+        d_ba = sample_fields(fba, q)
+        h, w = self.working_hw
+        outside = ((q[..., 0] < -0.5) | (q[..., 0] > w - 0.5) | (q[..., 1] < -0.5) | (q[..., 1] > h - 0.5)).numpy()
+        occ, var = at_points(d_ab.numpy(), d_ba.numpy(), outside)
+        return torch.cat([d_ab, torch.from_numpy(occ)[..., None], torch.from_numpy(var)[..., None]], -1)
 
     def has(self, a, b):
         """Whether the flows of pair {a, b} are in memory."""

@@ -130,6 +130,9 @@ class UncertaintyEstimator(typing.Protocol):
 
     def __call__(self, flow_ab: np.ndarray, flow_ba: np.ndarray) -> typing.Tuple[np.ndarray, np.ndarray]: ...
 
+    # optional: ``at_points(d_ab, d_ba, outside)`` -> (occlusion, variance) at sampled points only, which
+    # lets FlowBank.sample skip the whole-field computation (FBUncertainty has it; a learned head may not)
+
 
 class FBUncertainty:
     """The default estimator: forward–backward consistency with the parameters of a FlowConfig."""
@@ -153,6 +156,16 @@ class FBUncertainty:
 
     def __call__(self, flow_ab, flow_ba):
         return fb_occlusion_variance(flow_ab, flow_ba, **self.params)
+
+    def at_points(self, d_ab, d_ba, outside):
+        """The same formulas at single points: ``d_ab`` [..., 2] = F_ab(p), ``d_ba`` [..., 2] = F_ba(p + F_ab(p)),
+        ``outside`` [...] (p + F_ab(p) left the frame). Returns occlusion [...] and variance [...] (numpy)."""
+        d_ab, d_ba = np.asarray(d_ab, np.float32), np.asarray(d_ba, np.float32)
+        r = np.linalg.norm(d_ab + d_ba, axis=-1)
+        p = self.params
+        tau2 = p["tau"] ** 2 + p["alpha"] * ((d_ab ** 2).sum(-1) + (d_ba ** 2).sum(-1))
+        return (occlusion_probability(r, outside, tau2),
+                flow_variance(r, outside, p["var_floor"], p["var_gain"], p["var_max"]))
 
 
 _ESTIMATORS = {"fb": FBUncertainty.from_config}

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from pitrack.coords import from_center, scale_sigma, scale_xy, to_center
@@ -37,20 +36,6 @@ def needed_pairs(query_frames, num_frames, intervals, use_inf):
     return pairs
 
 
-def sample_fields(fields, points):
-    """Bilinear samples of G fields at G point sets.
-
-    ``fields`` float [G, C, h, w]; ``points`` float [G, M, 2] (x, y) pixel-centre convention.
-    Returns [G, M, C]. Points outside the field take the border value (the caller checks the frame).
-    """
-    G, C, h, w = fields.shape
-    gx = points[..., 0] * (2.0 / max(w - 1, 1)) - 1.0
-    gy = points[..., 1] * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], -1)[:, None]                      # [G, 1, M, 2]
-    out = F.grid_sample(fields, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[:, :, 0].permute(0, 2, 1)                           # [G, M, C]
-
-
 def select_least_sigma(cand_xy, cand_var, cand_occ, cand_ok, threshold):
     """Pick one candidate per query. Inputs [N, K, 2], [N, K], [N, K], [N, K] (ok: candidate exists and is
     inside the frame). Visible candidates: ok and occ < threshold. Returns the chosen position [N, 2],
@@ -64,13 +49,6 @@ def select_least_sigma(cand_xy, cand_var, cand_occ, cand_ok, threshold):
     k = torch.where(any_vis, key_vis.argmin(1), key_any.argmin(1))
     n = torch.arange(cand_xy.shape[0])
     return cand_xy[n, k], cand_var[n, k], cand_occ[n, k], any_vis
-
-
-def field_tensor(bank, s, t):
-    """Flow s → t as one float32 tensor [4, h, w]: dx, dy (working px), occlusion probability, variance (px²)."""
-    f = bank.get(s, t)
-    return torch.from_numpy(np.concatenate([np.asarray(f.flow, np.float32), np.asarray(f.occlusion, np.float32)[None],
-                                            np.asarray(f.var, np.float32)[None]], 0))
 
 
 def chain_pass(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, q_var, direction, progress=False):
@@ -112,11 +90,10 @@ def chain_pass(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, q_var,
         if not groups:
             continue
         G, M = len(groups), max(int(i.numel()) for _, i in groups)
-        fields = torch.stack([field_tensor(bank, s, t) for s, _ in groups])        # [G, 4, h, w]
         pts = torch.zeros(G, M, 2)
         for g, (s, idx) in enumerate(groups):
             pts[g, :idx.numel()] = xy[idx, s]
-        samp = sample_fields(fields, pts)                                          # [G, M, 4]
+        samp = bank.sample([(s, t) for s, _ in groups], pts)                       # [G, M, 4]
         K = G
         cand_xy = torch.zeros(N, K, 2)
         cand_var = torch.full((N, K), float("inf"))

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from flow.bank import FlowField
-from fusion.chain import chain_pass, needed_pairs, sample_fields, select_least_sigma
+from flow.bank import FlowField, sample_from_fields
+from flow.sampling import sample_fields
+from fusion.chain import chain_pass, needed_pairs, select_least_sigma
 
 
 class AnalyticFlows:
@@ -17,6 +18,9 @@ class AnalyticFlows:
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
         self.grid = np.stack([xs, ys], -1)
         self.calls = []
+
+    def sample(self, pairs, points):
+        return sample_from_fields(self.get, pairs, points)
 
     def get(self, a, b):
         self.calls.append((a, b))

@@ -331,3 +331,22 @@ def test_official_raft_large_layout_translates(tmp_path):
     model = load_raft("raft_large", str(p))
     for t, v in model.state_dict().items():
         assert torch.equal(v, vals[t]), t
+
+
+def test_bank_sample_at_points_matches_whole_fields(tmp_path):
+    """FlowBank.sample evaluates the FB check at the points only; it must agree with the whole-field path
+    where the fields are smooth (compare at points whose whole-field occlusion is low)."""
+    import torch
+    from flow.bank import sample_from_fields
+    video = _davis("car-shadow", 3)
+    bank = FlowBank(video, FlowConfig(backend="dis", resolution="160x96"), cache_dir=None, progress=False)
+    rng = np.random.default_rng(0)
+    pts = torch.from_numpy(rng.uniform([5, 5], [150, 86], (2, 40, 2)).astype(np.float32))
+    pairs = [(0, 2), (2, 1)]
+    fast = bank.sample(pairs, pts)
+    slow = sample_from_fields(bank.get, pairs, pts)
+    assert fast.shape == slow.shape == (2, 40, 4)
+    assert torch.allclose(fast[..., :2], slow[..., :2], atol=1e-3)          # the flow itself: identical
+    calm = (slow[..., 2] < 0.05) & (fast[..., 2] < 0.05)
+    assert calm.sum() > 20
+    assert torch.allclose(fast[..., 3][calm], slow[..., 3][calm], atol=0.5)
