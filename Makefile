@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pitrack-installed
 SHARED_WEIGHTS := $(abspath ../shared/weights)
 export PITRACK_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
-DEMO_CONFIG ?= configs/baselines/klt.yaml
+DEMO_CONFIG ?= configs/default.yaml
 DEMO   ?= demo_out
 
 .PHONY: install demo test clean-demo

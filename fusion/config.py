@@ -31,3 +31,15 @@ class ChainConfig:
         if not finite and not use_inf:
             raise ConfigError("chain.intervals is empty")
         return sorted(finite), use_inf
+
+
+@dataclasses.dataclass
+class FusionConfig:
+    """How the candidates of a frame become one estimate (YAML section ``fusion``)."""
+    probabilistic: bool = True         # merge visible candidates by inverse variance; False: take the least σ
+    correlation: float = 0.5           # ρ between candidates' errors in the merge (0: independent, 1: no reduction)
+    outlier_removal: bool = True       # drop candidates far from the least-σ visible one before merging
+    outlier_radius: float = 10.0       # px at the original resolution
+    backward: bool = True              # a sweep from the last frame toward the first with backward flows
+    backward_replace_smaller_sigma: bool = False   # the sweep also replaces visible estimates of larger σ
+    keypoints: bool = True             # fuse long-term keypoint observations when a provider gives them

@@ -12,7 +12,7 @@ import typing
 import yaml
 
 from flow.config import FlowConfig
-from fusion.config import ChainConfig
+from fusion.config import ChainConfig, FusionConfig
 from pitrack.errors import ConfigError
 
 
@@ -27,11 +27,12 @@ class KLTConfig:
 
 @dataclasses.dataclass
 class Config:
-    tracker: str = "klt"          # which tracker: static | klt | mft
+    tracker: str = "klt"          # which tracker: static | klt | pitrack
     seed: int = 0
     klt: KLTConfig = dataclasses.field(default_factory=KLTConfig)
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     chain: ChainConfig = dataclasses.field(default_factory=ChainConfig)
+    fusion: FusionConfig = dataclasses.field(default_factory=FusionConfig)
     name: str = ""                # set from the file name when loaded from YAML
 
     def fingerprint(self):

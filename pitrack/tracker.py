@@ -22,7 +22,7 @@ from pitrack.video import check_video
 BACKENDS = {
     "static": "pitrack.baselines:track_static",
     "klt": "pitrack.baselines:track_klt",
-    "mft": "fusion.chain:track_mft",
+    "pitrack": "fusion.integrate:track_pitrack",
 }
 
 

@@ -100,3 +100,14 @@ def test_klt_beats_static_on_real_video():
         r = Tracker.from_config(os.path.join(ROOT, "configs", "baselines", f"{name}.yaml"), progress=False)(frames, q)
         aj[name] = v.score(r.tracks, r.visible, "first")["AJ"]
     assert aj["klt"] > aj["static"] + 0.05, aj
+
+
+def test_every_shipped_config_loads():
+    import glob
+    paths = glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    assert len(paths) >= 8
+    for p in paths:
+        c = load_config(p)
+        Tracker(c)                      # the tracker name is known too
+    d = load_config(os.path.join(ROOT, "configs", "ablations", "no_backward.yaml"))
+    assert not d.fusion.backward and d.fusion.probabilistic and d.flow.backend == "dis"

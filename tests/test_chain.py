@@ -5,7 +5,7 @@ import torch
 
 from flow.bank import FlowField, sample_from_fields
 from flow.sampling import sample_fields
-from fusion.chain import chain_pass, needed_pairs, select_least_sigma
+from fusion.integrate import combine, integrate, needed_pairs
 
 
 class AnalyticFlows:
@@ -42,9 +42,11 @@ def rotate(omega, c):
     return warp
 
 
-def run(bank, q, tq, intervals=(1, 2, 4, 8), use_inf=True, direction=1):
-    return chain_pass(bank, bank.T, np.asarray(q, np.float32), np.asarray(tq), list(intervals), use_inf, 0.5, 0.25,
-                      direction)
+def run(bank, q, tq, intervals=(1, 2, 4, 8), use_inf=True, fusion=None):
+    """Both passes outward from the query frames (least-σ selection when ``fusion`` is None)."""
+    est = integrate(bank, bank.T, np.asarray(q, np.float32), np.asarray(tq), list(intervals), use_inf, 0.5, 0.25,
+                    fusion)
+    return est.xy, est.var, est.occ, est.vis
 
 
 def test_sample_fields_is_bilinear_at_pixel_centres():
@@ -67,11 +69,10 @@ def test_rotation_from_middle_query_both_directions():
     c = np.array([20.0, 20.0])
     bank = AnalyticFlows(12, (41, 41), rotate(0.05, c))
     q = np.array([[30.0, 20.0]])
-    fwd = run(bank, q, [5], direction=1)
-    bwd = run(bank, q, [5], direction=-1)
+    xy = run(bank, q, [5])[0]
     for t in range(12):
         expect = rotate(0.05, c)(q, 5, t)[0]
-        got = (fwd if t >= 5 else bwd)[0][0, t].numpy()
+        got = xy[0, t].numpy()
         assert np.allclose(got, expect, atol=1e-3), (t, got, expect)
 
 
@@ -100,19 +101,22 @@ def test_selection_prefers_visible_then_least_variance():
     var = torch.tensor([[1.0, 0.5, 0.1]])
     occ = torch.tensor([[0.1, 0.2, 0.9]])       # the least-σ² candidate is occluded
     ok = torch.tensor([[True, True, True]])
-    p, v, o, vis = select_least_sigma(xy, var, occ, ok, 0.5)
+    p, v, o, vis = combine(xy, var, occ, ok, 0.5, None, 10.0)
     assert p[0].tolist() == [1, 1] and vis[0]
-    p, v, o, vis = select_least_sigma(xy, var, torch.ones(1, 3), ok, 0.5)
+    p, v, o, vis = combine(xy, var, torch.ones(1, 3), ok, 0.5, None, 10.0)
     assert p[0].tolist() == [2, 2] and not vis[0]
 
 
 def test_needed_pairs_cover_both_passes():
-    pairs = needed_pairs([2], 6, [1, 2], True)
+    pairs = needed_pairs([2], 6, [1, 2], True, sweep=False)
     assert (1, 2) not in pairs and (3, 2) not in pairs and (2, 3) in pairs and (2, 1) in pairs and (2, 5) in pairs and (0, 2) not in pairs
     bank = AnalyticFlows(6, (10, 10), translate([0.0, 0.0]))
-    run(bank, [[5, 5]], [2], intervals=(1, 2), direction=1)
-    run(bank, [[5, 5]], [2], intervals=(1, 2), direction=-1)
+    run(bank, [[5, 5]], [2], intervals=(1, 2))
     assert set(bank.calls) <= pairs
+    from fusion.config import FusionConfig
+    bank.calls.clear()
+    run(bank, [[5, 5]], [2], intervals=(1, 2), fusion=FusionConfig())
+    assert set(bank.calls) <= needed_pairs([2], 6, [1, 2], True, sweep=True) and (5, 4) in bank.calls
 
 
 def test_mft_tracks_known_motion_and_reuses_its_cache(synthetic_clip):

@@ -1,0 +1,58 @@
+"""Isotropic Gaussian algebra of position estimates: chaining, outlier removal, merging, selection.
+
+An estimate is a mean x (px, (x, y)) and a per-axis variance σ² (px²). Shapes: candidates [N, K, 2]
+means, [N, K] variances, [N, K] bool masks (N queries, K candidates each). Torch tensors.
+"""
+import torch
+
+
+def chain_gaussian(mean, var, flow, flow_var):
+    """Move an estimate through a flow sampled at its mean: x' = x + F(x), σ'² = σ² + σ_F²(x).
+
+    The flow's Jacobian is treated as orthogonal (locally rigid motion), so an isotropic variance stays
+    isotropic and the two errors, being independent, add.
+    """
+    return mean + flow, var + flow_var
+
+
+def merge_weights(var, mask):
+    """Inverse-variance weights w_i = (1/σ_i²) / Σ_j (1/σ_j²) over the candidates in ``mask``; 0 elsewhere."""
+    inv = torch.where(mask, 1.0 / var.clamp_min(1e-12), torch.zeros_like(var))
+    total = inv.sum(-1, keepdim=True)
+    return inv / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def merge_gaussians(mean, var, mask, rho):
+    """Fuse K estimates whose errors are pairwise correlated with coefficient ρ.
+
+    Mean: x = Σ w_i x_i with the inverse-variance weights of :func:`merge_weights`. Variance of that
+    weighted sum when corr(e_i, e_j) = ρ for i ≠ j:
+
+        σ² = Σ_i w_i² σ_i² + ρ Σ_{i≠j} w_i w_j σ_i σ_j = (1 − ρ) Σ_i w_i² σ_i² + ρ (Σ_i w_i σ_i)².
+
+    ρ = 0 gives σ² = 1 / Σ 1/σ_i² (the product of independent Gaussians); ρ = 1 gives (Σ w_i σ_i)², which
+    for equal σ_i is σ² itself: correlated estimates bring no variance reduction. Candidates of one
+    point share frames and flows, so their errors are correlated; 0 < ρ < 1 sits between the two.
+    Returns mean [N, 2], variance [N] and the weights [N, K]; rows with an empty mask get weight 0 and
+    variance 0 (callers must handle them).
+    """
+    w = merge_weights(var, mask)
+    sigma = var.clamp_min(0).sqrt()
+    m = (w[..., None] * torch.where(mask[..., None], mean, torch.zeros_like(mean))).sum(-2)
+    s_var = (1.0 - rho) * (w * w * torch.where(mask, var, torch.zeros_like(var))).sum(-1) \
+        + rho * (w * torch.where(mask, sigma, torch.zeros_like(sigma))).sum(-1) ** 2
+    return m, s_var, w
+
+
+def least_sigma_index(var, mask):
+    """Index [N] of the candidate of least variance among ``mask`` (0 where the mask is empty)."""
+    big = torch.full_like(var, torch.finfo(var.dtype).max)
+    return torch.where(mask, var, big).argmin(-1)
+
+
+def reject_outliers(mean, var, mask, radius):
+    """Keep the masked candidates within ``radius`` px of the most trustworthy (least-σ²) masked candidate."""
+    k = least_sigma_index(var, mask)
+    best = mean[torch.arange(mean.shape[0]), k]                  # [N, 2]
+    dist = (mean - best[:, None]).norm(dim=-1)
+    return mask & (dist <= radius)

@@ -1,0 +1,204 @@
+"""Bidirectional Gaussian integration of flow chains (and keypoint observations) for all queries at once.
+
+Candidates. For a frame t and an interval Δ, a query's candidate comes from its estimate at the source
+frame s (s = t − Δ going forward, s = t + Δ going backward, s = t_q for Δ = ∞), moved through the flow
+s → t sampled at that estimate (:func:`fusion.gaussian.chain_gaussian`); its occlusion probability is
+max(o_s, O_{s→t}). A candidate is visible when that probability is below the threshold and it lies in
+the frame.
+
+Per frame, the visible candidates are combined: outliers (farther than a radius from the least-σ
+visible candidate) are dropped and the rest merged by inverse variance with correlation ρ
+(:func:`fusion.gaussian.merge_gaussians`), or — switch ``probabilistic: false`` — the least-σ visible
+candidate is taken (MFT's rule). With no visible candidate the point is occluded and keeps its least-σ
+candidate's position. A valid keypoint observation is merged with a visible estimate and
+re-initialises an occluded one.
+
+Passes. (1) From each query frame toward the last frame and (2) toward frame 0, each frame's estimate
+built from the estimates already made in that pass. (3) Optionally a backward sweep from the last
+frame toward the first over every frame but the query's, using the backward flows t + Δ → t from the
+current estimates; it replaces an estimate that is occluded where the sweep's is visible (and, as a
+switch, a visible one of larger σ). Positions are pixel-centre working pixels inside this module.
+"""
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fusion.gaussian import chain_gaussian, least_sigma_index, merge_gaussians, merge_weights, reject_outliers
+from pitrack.coords import from_center, scale_sigma, scale_xy, to_center
+
+
+class Estimates:
+    """Per query and frame: position [N, T, 2], variance [N, T], occlusion probability [N, T], visible [N, T]."""
+
+    def __init__(self, n, t):
+        self.xy = torch.zeros(n, t, 2)
+        self.var = torch.full((n, t), float("inf"))
+        self.occ = torch.ones(n, t)
+        self.vis = torch.zeros(n, t, dtype=torch.bool)
+
+    def set(self, idx, t, xy, var, occ, vis):
+        self.xy[idx, t], self.var[idx, t], self.occ[idx, t], self.vis[idx, t] = xy, var, occ, vis
+
+
+def needed_pairs(query_frames, num_frames, intervals, use_inf, sweep):
+    """Directed frame pairs (s, t) the passes read: from the query frames outward, and the backward sweep."""
+    tqs = sorted(set(int(t) for t in query_frames))
+    first, last = tqs[0], tqs[-1]
+    pairs = set()
+    for t in range(num_frames):
+        for d in intervals:
+            if t - d >= first and t > first:
+                pairs.add((t - d, t))
+            if t + d < num_frames and (sweep or (t + d <= last and t < last)):
+                pairs.add((t + d, t))
+        if use_inf:
+            pairs.update((q, t) for q in tqs if q != t)
+    return pairs
+
+
+def combine(cand_xy, cand_var, cand_occ, cand_ok, threshold, fusion, radius):
+    """One estimate per query from its K candidates ([N, K, 2], [N, K], [N, K], [N, K] bool).
+
+    Returns position [N, 2], variance [N], occlusion probability [N] and visibility [N].
+    """
+    n = torch.arange(cand_xy.shape[0])
+    vis = cand_ok & (cand_occ < threshold)
+    any_vis = vis.any(-1)
+    finite = torch.isfinite(cand_var)
+    fallback = least_sigma_index(cand_var, finite)
+    k = torch.where(any_vis, least_sigma_index(cand_var, vis), fallback)
+    xy, var, occ = cand_xy[n, k], cand_var[n, k], cand_occ[n, k]
+    if fusion is not None and fusion.probabilistic:
+        keep = reject_outliers(cand_xy, cand_var, vis, radius) if fusion.outlier_removal else vis
+        m_xy, m_var, w = merge_gaussians(cand_xy, torch.where(keep, cand_var, torch.ones_like(cand_var)), keep,
+                                         fusion.correlation)
+        m_occ = (w * torch.where(keep, cand_occ, torch.zeros_like(cand_occ))).sum(-1)
+        xy = torch.where(any_vis[:, None], m_xy, xy)
+        var = torch.where(any_vis, m_var, var)
+        occ = torch.where(any_vis, m_occ, occ)
+    return xy, var, occ, any_vis
+
+
+def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok):
+    """Merge a keypoint observation (independent of the flow estimate: ρ = 0) into a visible estimate;
+    re-initialise an occluded estimate from it. All [M, ...] for the M queries of one frame."""
+    both = torch.stack([xy, obs_xy], 1)
+    vars_ = torch.stack([var, obs_var], 1)
+    m_xy, m_var, _ = merge_gaussians(both, vars_, torch.stack([vis, obs_ok], 1), 0.0)
+    use_merge = vis & obs_ok
+    reinit = ~vis & obs_ok
+    xy = torch.where(use_merge[:, None], m_xy, torch.where(reinit[:, None], obs_xy, xy))
+    var = torch.where(use_merge, m_var, torch.where(reinit, obs_var, var))
+    occ = torch.where(reinit, torch.zeros_like(occ), occ)
+    return xy, var, occ, vis | obs_ok
+
+
+def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, radius, h, w, obs, mode,
+          replace_smaller, progress, desc):
+    """One pass over ``frames``. ``sources(t)``: list of (s, query indices) whose estimate at s is chained to t."""
+    N = est.xy.shape[0]
+    for t in tqdm(frames, desc=desc, disable=not progress, leave=False):
+        groups = [(s, idx) for s, idx in sources(t) if idx.numel()]
+        if not groups:
+            continue
+        G, M = len(groups), max(int(i.numel()) for _, i in groups)
+        pts = torch.zeros(G, M, 2)
+        for g, (s, idx) in enumerate(groups):
+            pts[g, :idx.numel()] = est.xy[idx, s]
+        samp = bank.sample([(s, t) for s, _ in groups], pts)                    # [G, M, 4]
+        cand_xy = torch.zeros(N, G, 2)
+        cand_var = torch.full((N, G), float("inf"))
+        cand_occ = torch.ones(N, G)
+        cand_ok = torch.zeros(N, G, dtype=torch.bool)
+        for g, (s, idx) in enumerate(groups):
+            m = idx.numel()
+            cxy, cvar = chain_gaussian(pts[g, :m], est.var[idx, s], samp[g, :m, :2], samp[g, :m, 3])
+            cand_xy[idx, g], cand_var[idx, g] = cxy, cvar
+            cand_occ[idx, g] = torch.maximum(est.occ[idx, s], samp[g, :m, 2])
+            inside = (cxy[:, 0] >= -0.5) & (cxy[:, 0] <= w - 0.5) & (cxy[:, 1] >= -0.5) & (cxy[:, 1] <= h - 0.5)
+            cand_ok[idx, g] = inside & torch.isfinite(cvar)
+        a = torch.unique(torch.cat([idx for _, idx in groups]))
+        xy, var, occ, vis = combine(cand_xy[a], cand_var[a], cand_occ[a], cand_ok[a], threshold, fusion, radius)
+        if obs is not None:
+            xy, var, occ, vis = fuse_observation(xy, var, occ, vis, obs[0][a, t], obs[1][a, t], obs[2][a, t])
+        if mode == "replace":
+            old_vis, old_var = est.vis[a, t], est.var[a, t]
+            take = (~old_vis & vis) | (replace_smaller & old_vis & vis & (var < old_var))
+            a, xy, var, occ, vis = a[take], xy[take], var[take], occ[take], vis[take]
+        est.set(a, t, xy, var, occ, vis)
+
+
+def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_var, fusion=None, radius=10.0,
+              observations=None, progress=False):
+    """Track queries through a flow bank. ``q_xy`` [N, 2] working px (pixel-centre), ``tq`` [N] query frames.
+
+    ``fusion``: a FusionConfig, or None for least-σ selection without the backward sweep.
+    ``observations``: None or (xy [N, T, 2] working px, var [N, T] px², valid [N, T] bool) tensors.
+    Returns an :class:`Estimates`.
+    """
+    T, (h, w) = num_frames, bank.working_hw
+    N = q_xy.shape[0]
+    tq_t = torch.as_tensor(np.asarray(tq), dtype=torch.long)
+    est = Estimates(N, T)
+    est.set(torch.arange(N), tq_t, torch.as_tensor(q_xy, dtype=torch.float32), query_var, 0.0, True)
+    common = dict(intervals=intervals, use_inf=use_inf, threshold=threshold, fusion=fusion, radius=radius, h=h,
+                  w=w, obs=observations if (fusion is None or fusion.keypoints) else None, progress=progress)
+
+    def outward(direction):
+        def sources(t):
+            active = (tq_t < t) if direction > 0 else (tq_t > t)
+            out = []
+            for d in intervals:
+                s = t - direction * d
+                if 0 <= s < T:
+                    ok = (tq_t <= s) if direction > 0 else (tq_t >= s)
+                    out.append((s, torch.nonzero(active & ok)[:, 0]))
+            if use_inf:
+                for q in torch.unique(tq_t[active]).tolist():
+                    if not any(q == t - direction * d for d in intervals):
+                        out.append((q, torch.nonzero(active & (tq_t == q))[:, 0]))
+            return out
+        return sources
+
+    def sweep_sources(t):
+        active = tq_t != t
+        out = [(t + d, torch.nonzero(active)[:, 0]) for d in intervals if t + d < T]
+        if use_inf:
+            for q in torch.unique(tq_t[tq_t > t]).tolist():
+                if q - t not in intervals:
+                    out.append((q, torch.nonzero(tq_t == q)[:, 0]))
+        return out
+
+    _pass(bank, est, range(T), outward(+1), mode="set", replace_smaller=False, desc="track forward", **common)
+    _pass(bank, est, range(T - 1, -1, -1), outward(-1), mode="set", replace_smaller=False,
+          desc="track to frame 0", **common)
+    if fusion is not None and fusion.backward:
+        _pass(bank, est, range(T - 2, -1, -1), sweep_sources, mode="replace",
+              replace_smaller=fusion.backward_replace_smaller_sigma, desc="backward sweep", **common)
+    return est
+
+
+def track_pitrack(video, queries, config, ctx, observations=None):
+    """Tracker backend 'pitrack': flow bank + Gaussian integration (config sections flow, chain, fusion)."""
+    from flow.bank import FlowBank
+    T, H, W = video.shape[:3]
+    cfg, fusion = config.chain, config.fusion
+    intervals, use_inf = cfg.parsed_intervals()
+    bank = FlowBank(video, config.flow, cache_dir=ctx.video_cache_dir() if ctx.use_cache else None,
+                    progress=ctx.progress)
+    hw = bank.working_hw
+    tq = queries[:, 0].astype(int)
+    bank.prefetch(sorted(needed_pairs(tq, T, intervals, use_inf, fusion.backward)))
+    t0 = time.perf_counter()
+    q_xy = to_center(scale_xy(queries[:, 1:3], (H, W), hw))
+    radius = float(scale_sigma(fusion.outlier_radius, (H, W), hw))
+    est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2,
+                    fusion, radius, observations, ctx.progress)
+    ctx.stats.update(bank.stats)
+    ctx.stats["track_s"] = time.perf_counter() - t0
+    ctx.stats["working_resolution"] = f"{hw[1]}x{hw[0]}"
+    tracks = scale_xy(from_center(est.xy.numpy()), hw, (H, W))
+    sigma = scale_sigma(np.sqrt(est.var.numpy()), hw, (H, W))
+    return tracks, est.vis.numpy(), sigma
