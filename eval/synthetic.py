@@ -1,7 +1,7 @@
 """Synthetic clips with exactly known motion, for the demo and for tests.
 
-A textured background translates; a textured square in front of it translates and rotates; an
-occluding bar sweeps across. Every pixel is rendered by inverse mapping, so ground-truth tracks and
+A textured background translates; a textured square in front of it translates and rotates; a
+textured occluding bar (darker, moving with its own texture, as real occluders do) sweeps across. Every pixel is rendered by inverse mapping, so ground-truth tracks and
 occlusion are exact. Output in TAP-Vid format (``frames/``, ``tracks.npz``, ``meta.json``).
 
     python -m eval.synthetic --out DIR [--frames 40] [--size 320x240] [--seed 0]
@@ -46,6 +46,7 @@ def make_clip(num_frames=40, size_hw=(240, 320), seed=0, num_points=64):
     c_vel = rng.uniform(-1.0, 1.0, 2) + np.array([1.2, 0.0])
     omega = rng.uniform(0.01, 0.03) * rng.choice([-1, 1])   # rad/frame
     bar_w = W // 10
+    bar_tex = 0.5 * smooth_texture(rng, H, bar_w + 2)
     bar_x0, bar_vel = -bar_w, (W + bar_w) / max(T - 1, 1) * 0.9
 
     def bg_offset(t):
@@ -67,7 +68,11 @@ def make_clip(num_frames=40, size_hw=(240, 320), seed=0, num_points=64):
         o = _bilinear(obj, u + side / 2 - 0.5, v + side / 2 - 0.5)
         img[inside] = o[inside]
         bx = bar_x0 + bar_vel * t
-        img[:, max(0, int(np.floor(bx))):max(0, int(np.floor(bx + bar_w)))] = (40, 40, 40)
+        x0, x1 = int(np.floor(bx)), int(np.floor(bx + bar_w))
+        if x1 > 0 and x0 < W:
+            # the bar's texture moves with it: column j of the frame shows bar column j − bx
+            cols = xs[:, max(0, x0):min(W, x1)] - bx
+            img[:, max(0, x0):min(W, x1)] = _bilinear(bar_tex, cols, ys[:, max(0, x0):min(W, x1)])
         video[t] = np.clip(img, 0, 255).astype(np.uint8)
 
     n_bg, n_obj = num_points // 2, num_points - num_points // 2

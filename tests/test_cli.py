@@ -167,3 +167,5 @@ def test_score_and_bench_end_to_end(tmp_path, synthetic_clip):
     assert r.returncode == 0 and json.loads((out / "a.json").read_text())["config"] == "klt"  # other config: rerun
     r = run("-m", "eval.bench", "--config", KLT, "--data", str(data), "--out", str(out), "--videos", "zz")
     assert r.returncode == 2 and "zz" in r.stderr
+    r = run("-m", "eval.compare", str(out))
+    assert r.returncode == 0 and "| res | " in r.stdout and "cache MB" in r.stdout, r.stderr
