@@ -93,3 +93,15 @@ def test_badja_pck_hand_computed():
     # 3 px is measured at 854×480: at 427×240 the same 2 px error is 4 px there
     m2 = badja_pck(pred, gt, vis, np.array([400, 400, 400]), (240, 427), np.array([False, True, True]))
     assert m2["PCK_3px"] == pytest.approx(0.0)
+
+
+def test_calibration_summary_of_a_calibrated_gaussian():
+    from eval.calibration import summarize
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.5, 5.0, 20000)
+    err = np.linalg.norm(rng.standard_normal((20000, 2)), axis=1) * sigma     # isotropic, σ per axis
+    s = summarize(sigma, err)
+    assert s["within_1sigma"] == pytest.approx(1 - np.exp(-0.5), abs=0.01)
+    assert s["within_2sigma"] == pytest.approx(1 - np.exp(-2.0), abs=0.01)
+    assert s["spearman"] > 0.3
+    assert summarize(sigma, err * 5)["within_2sigma"] < 0.3                       # over-confident σ shows

@@ -1,0 +1,78 @@
+"""How trustworthy is a tracker's σ? Compare predicted σ with actual errors on ground truth.
+
+    python -m eval.calibration --config configs/X.yaml --data DIR --mode first|strided [--videos a,b]
+
+Over the scored frames where the ground truth and the prediction are both visible, in the 256×256
+raster: median σ, median error, the fraction of errors below σ and below 2σ, and Spearman's rank
+correlation between σ and error. For a calibrated isotropic 2-D Gaussian (σ per axis) the error
+e = ‖x̂ − x‖ follows a Rayleigh law: P(e < σ) = 1 − e^(−1/2) ≈ 0.39 and P(e < 2σ) = 1 − e^(−2) ≈ 0.86.
+Fractions far above those mean σ is too large (under-confident); far below, too small (over-confident).
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from eval.datasets import TapVidVideo, list_video_folders, open_video_folder
+from eval.metrics import evaluation_frames
+from pitrack.coords import SCORING_SIZE, scale_sigma, scale_xy
+from pitrack.errors import InputError, PitrackError
+
+
+def sigma_errors(video, result, mode):
+    """(σ, error) pairs [M] in the 256×256 raster over scored frames visible in ground truth and prediction."""
+    queries, index = video.queries(mode)
+    hw = video.size_hw
+    err = np.linalg.norm(scale_xy(result.tracks, hw, SCORING_SIZE) - scale_xy(video.points[index], hw, SCORING_SIZE), axis=-1)
+    sig = scale_sigma(result.sigma, hw, SCORING_SIZE)
+    use = evaluation_frames(queries[:, 0], video.num_frames, mode) & ~video.occluded[index] & result.visible
+    return sig[use], err[use]
+
+
+def spearman(a, b):
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+
+
+def summarize(sig, err):
+    return {"points": int(sig.size), "median_sigma": float(np.median(sig)), "median_error": float(np.median(err)),
+            "within_1sigma": float(np.mean(err < sig)), "within_2sigma": float(np.mean(err < 2 * sig)),
+            "spearman": spearman(sig, err)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m eval.calibration", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--mode", choices=["first", "strided"], default="first")
+    p.add_argument("--videos")
+    args = p.parse_args(argv)
+    try:
+        from pitrack import Tracker
+        tracker = Tracker.from_config(args.config, progress=False)
+        folders = list_video_folders(args.data)
+        if args.videos:
+            folders = [f for f in folders if os.path.basename(os.path.normpath(f)) in args.videos.split(",")]
+        sigs, errs = [], []
+        for folder in folders:
+            video = open_video_folder(folder)
+            if not isinstance(video, TapVidVideo):
+                raise InputError(f"{folder}: calibration needs TAP-Vid format ground truth")
+            q, _ = video.queries(args.mode)
+            s, e = sigma_errors(video, tracker(video.load_frames(), q), args.mode)
+            sigs.append(s)
+            errs.append(e)
+        out = {"config": tracker.config.name, "mode": args.mode, "videos": len(folders)}
+        out.update({k: round(v, 4) if isinstance(v, float) else v
+                    for k, v in summarize(np.concatenate(sigs), np.concatenate(errs)).items()})
+        print(json.dumps(out))
+    except PitrackError as e:
+        print(f"eval.calibration: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
