@@ -181,7 +181,8 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
 
 
 def track_pitrack(video, queries, config, ctx, observations=None):
-    """Tracker backend 'pitrack': flow bank + Gaussian integration (config sections flow, chain, fusion)."""
+    """Tracker backend 'pitrack': flow bank + Gaussian integration (config sections flow, chain, fusion);
+    with ``tto.enabled`` and ``fusion.keypoints`` the per-video keypoint provider adds observations."""
     from flow.bank import FlowBank
     T, H, W = video.shape[:3]
     cfg, fusion = config.chain, config.fusion
@@ -194,6 +195,13 @@ def track_pitrack(video, queries, config, ctx, observations=None):
     t0 = time.perf_counter()
     q_xy = to_center(scale_xy(queries[:, 1:3], (H, W), hw))
     radius = float(scale_sigma(fusion.outlier_radius, (H, W), hw))
+    if observations is None and fusion.keypoints and config.tto.enabled:
+        from tto.keypoints import keypoint_observations
+        obs_xy, obs_var, obs_ok, kp_stats = keypoint_observations(
+            video, q_xy, tq, bank, config, ctx.video_cache_dir() if ctx.use_cache else None, ctx.progress)
+        observations = (obs_xy, obs_var, obs_ok)
+        ctx.stats.update(kp_stats)
+        t0 = time.perf_counter()
     est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2,
                     fusion, radius, observations, ctx.progress)
     ctx.stats.update(bank.stats)

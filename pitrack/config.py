@@ -11,9 +11,11 @@ import typing
 
 import yaml
 
+from features.config import FeatureConfig
 from flow.config import FlowConfig
 from fusion.config import ChainConfig, FusionConfig
 from pitrack.errors import ConfigError
+from tto.config import TTOConfig
 
 
 @dataclasses.dataclass
@@ -33,6 +35,8 @@ class Config:
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     chain: ChainConfig = dataclasses.field(default_factory=ChainConfig)
     fusion: FusionConfig = dataclasses.field(default_factory=FusionConfig)
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+    tto: TTOConfig = dataclasses.field(default_factory=TTOConfig)
     name: str = ""                # set from the file name when loaded from YAML
 
     def fingerprint(self):

@@ -1,0 +1,329 @@
+"""Per-video optimisation of the residual CNN and the heatmap refiner (formulas: tto/model.py, tto/pairs.py).
+
+Each step draws ``frames_per_step`` distinct frames uniformly and uses every ordered pair (s, t) of them
+(3 frames: 6 pairs; the residual CNN runs on 3 frames only), and for each pair:
+trajectory correspondences (p_s, p_t) valid in both frames, best buddies of the frozen features, and
+random points of s. With refined maps F_s, F_t and query features q = n(F_s(p)) (bilinear):
+
+* position: Huber_δ(s·(û_t − u_t)) summed over x, y, where û_t is the refined match of q in F_t (window
+  centred on the cosine map's argmax, or on the true cell ± 1 when that argmax is more than R − 1 cells
+  away, so the refiner always sees the answer) and u_t the trajectory position, in grid units; s is the
+  stride, so the loss is in feature-image px;
+* contrastive (InfoNCE): −Σ_j y_j log softmax_j(⟨q, F_t(j)⟩ / τ_c) over all cells j of t, y one-hot at
+  the buddy (weight ``w_contrast``) or the bilinear weights of u_t (``w_traj_contrast``);
+* cycle: s → t (refined match û_t, similarity ⟨q, n(F_t(û_t))⟩) → s (refined match of n(F_t(û_t)) in
+  F_s), Huber on the return error, only where the forward similarity ≥ ``cycle_min_sim`` and the
+  return's argmax lies within R − 1 cells of the start (otherwise the point is likely occluded in t).
+
+Loss = w_position·position + contrast terms + w_cycle·cycle (contrast terms averaged over pairs, position
+and cycle over all their samples). AdamW; learning rate: linear warm-up over ``warmup_steps``, then
+cosine decay to lr·lr_min_ratio at ``steps``. Determinism holds for a fixed CPU thread count
+(``tto.threads``): float reductions depend on it.
+
+Resume. All of a step's sampling comes from ``numpy.random.default_rng([seed, step])``,
+so step k draws the same data whether the run is fresh or resumed. A checkpoint (model, optimiser,
+step, loss history, key) is written atomically every ``checkpoint_every`` steps, at the end, and when
+the run is interrupted between steps (KeyboardInterrupt or any error); a later run with the same key
+loads it and continues from its step (a complete one means no training at all). A checkpoint that
+does not load or does not match is deleted and training starts over.
+"""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+import typing
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pitrack.atomic import atomic_path
+from tto.model import TTOModel, sample_map
+from tto.pairs import best_buddies
+
+CKPT_FORMAT = 1
+# TTOConfig fields that do not change training (device, and the keypoint provider's settings)
+_NOT_TRAINING = ("enabled", "device", "threads", "similarity_threshold", "cycle_tolerance", "sigma_floor", "sigma_gain",
+                 "eval_batch")
+LOSS_NAMES = ("loss", "pos", "con", "tcon", "cyc")
+
+
+class TrainData(typing.NamedTuple):
+    feats: torch.Tensor       # float16 [T, C, gh, gw] frozen features (on the training device)
+    images: torch.Tensor      # uint8 [T, H_f, W_f, 3] (on the training device)
+    grid: object              # features.grid.FeatureGrid
+    traj_uv: torch.Tensor     # float32 [K, T, 2] trajectory positions, grid coordinates (CPU)
+    traj_ok: torch.Tensor     # bool [K, T] (CPU)
+
+
+def training_fields(cfg):
+    d = dataclasses.asdict(cfg)
+    for k in _NOT_TRAINING:
+        d.pop(k, None)
+    return d
+
+
+def train_key(feature_key, data_key, cfg, seed):
+    """Checkpoint key: the features, the training data (flows), the training settings and the seed."""
+    fields = dict(format=CKPT_FORMAT, features=feature_key, data=data_key, tto=training_fields(cfg), seed=int(seed))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def lr_at(step, cfg):
+    """Learning rate of step ``step`` (0-based): linear warm-up, then cosine to lr·lr_min_ratio."""
+    lr, warm, total = float(cfg.lr), int(cfg.warmup_steps), max(1, int(cfg.steps))
+    if step < warm:
+        return lr * (step + 1) / warm
+    frac = min(1.0, (step - warm) / max(1, total - warm))
+    lo = lr * float(cfg.lr_min_ratio)
+    return lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * frac))
+
+
+def huber(x, delta):
+    a = x.abs()
+    return torch.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))
+
+
+def _bilinear_target(uv, gh, gw):
+    """Four (cell index, weight) pairs per position [M, 2]: the bilinear split of uv over grid cells."""
+    u = uv[:, 0].clamp(0, gw - 1)
+    v = uv[:, 1].clamp(0, gh - 1)
+    x0 = u.floor().clamp(max=gw - 2 if gw > 1 else 0).long()
+    y0 = v.floor().clamp(max=gh - 2 if gh > 1 else 0).long()
+    fx, fy = u - x0, v - y0
+    x1, y1 = (x0 + 1).clamp(max=gw - 1), (y0 + 1).clamp(max=gh - 1)
+    idx = torch.stack([y0 * gw + x0, y0 * gw + x1, y1 * gw + x0, y1 * gw + x1], 1)
+    w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], 1)
+    return idx, w
+
+
+def sample_step(data, cfg, seed, step):
+    """The data of step ``step``: a list of per-pair dicts (frames, positions; CPU tensors). Deterministic."""
+    rng = np.random.default_rng([int(seed), int(step)])
+    T = data.feats.shape[0]
+    gh, gw = data.grid.grid_hw
+    out = []
+    nf = max(1, min(int(cfg.frames_per_step), T))
+    frames = [int(f) for f in rng.choice(T, nf, replace=False)]
+    pairs = [(s, t) for s in frames for t in frames if s != t] or [(frames[0], frames[0])]
+    for s, t in pairs:
+        common = torch.nonzero(data.traj_ok[:, s] & data.traj_ok[:, t])[:, 0].numpy()
+        m = min(int(cfg.traj_per_pair), common.size)
+        pick = np.sort(rng.choice(common, m, replace=False)) if m else np.zeros(0, np.int64)
+        pick = torch.from_numpy(pick.astype(np.int64))
+        n_cand = min(gh * gw, 4 * int(cfg.buddies_per_pair))
+        cand = torch.from_numpy(np.sort(rng.choice(gh * gw, n_cand, replace=False)).astype(np.int64))
+        cyc = torch.from_numpy(rng.uniform([0, 0], [gw - 1, gh - 1], (int(cfg.cycle_per_pair), 2)).astype(np.float32))
+        jitter = torch.from_numpy(rng.integers(-1, 2, (m, 2)).astype(np.int64))
+        bb_rng = int(rng.integers(2 ** 31))
+        out.append(dict(s=s, t=t, traj_s=data.traj_uv[pick, s], traj_t=data.traj_uv[pick, t], cand=cand, cyc=cyc,
+                        jitter=jitter, bb_rng=bb_rng))
+    return out
+
+
+def _buddies(data, item, cfg):
+    """Best buddies among the candidate cells of s (see tto.pairs.best_buddies), at most buddies_per_pair."""
+    gh, gw = data.grid.grid_hw
+    fs = F.normalize(data.feats[item["s"]].float().flatten(1), dim=0)
+    ft = F.normalize(data.feats[item["t"]].float().flatten(1), dim=0)
+    cand = item["cand"].to(fs.device)
+    ia_local, ib, _ = best_buddies(fs[:, cand], ft, float(cfg.buddy_min_sim))
+    ia = cand[ia_local]
+    # mutuality above is only within the candidates; require it against all cells of s as well
+    back = (ft[:, ib].t() @ fs).argmax(1)
+    keep = back == ia
+    ia, ib = ia[keep], ib[keep]
+    m = min(int(cfg.buddies_per_pair), ia.numel())
+    if m < ia.numel():
+        g = torch.Generator().manual_seed(item["bb_rng"])
+        sel = torch.randperm(ia.numel(), generator=g)[:m].sort().values.to(ia.device)
+        ia, ib = ia[sel], ib[sel]
+    to_uv = lambda i: torch.stack([(i % gw).float(), (i // gw).float()], -1)  # noqa: E731
+    return to_uv(ia), ib
+
+
+def step_losses(model, data, cfg, batch):
+    """Loss terms of one step's ``batch`` (from :func:`sample_step`). Returns dict of scalar tensors.
+
+    All refiner evaluations of a step are batched: one call for the trajectory matches and the cycles'
+    forward matches of every pair, one for the cycles' return matches."""
+    dev = data.feats.device
+    grid = data.grid
+    gh, gw = grid.grid_hw
+    stride = float(grid.stride)
+    R = model.window_radius((gh, gw))
+    P = len(batch)
+    frames = sorted({b["s"] for b in batch} | {b["t"] for b in batch})
+    slot = {f: i for i, f in enumerate(frames)}
+    idx = torch.tensor(frames, device=dev)
+    maps = model.refined_maps(data.feats[idx], data.images[idx], grid)           # [U, C, gh, gw]
+    zero = maps.sum() * 0.0
+    parts = {k: zero for k in LOSS_NAMES[1:]}
+    traj_corr, traj_centre, traj_targets, cyc_corr, cyc_centre, cyc_info = [], [], [], [], [], []
+    use_cycle = float(cfg.w_cycle) > 0
+    for b in batch:
+        Fs, Ft = maps[slot[b["s"]]], maps[slot[b["t"]]]
+        traj_s, traj_t = b["traj_s"].to(dev), b["traj_t"].to(dev)
+        bb_s, bb_t = _buddies(data, b, cfg)
+        cyc = b["cyc"].to(dev) if use_cycle else b["cyc"][:0].to(dev)
+        m1, m2 = traj_s.shape[0], bb_s.shape[0]
+        q = F.normalize(sample_map(Fs, torch.cat([traj_s, bb_s, cyc])), dim=1)
+        corr = (q @ Ft.flatten(1)).view(-1, gh, gw)
+        logp = torch.log_softmax(corr[:m1 + m2].flatten(1) / float(cfg.contrast_temperature), 1)
+        if m2:
+            parts["con"] = parts["con"] - logp[m1:m1 + m2].gather(1, bb_t[:, None]).mean() / P
+        if m1:
+            ti, tw = _bilinear_target(traj_t, gh, gw)
+            parts["tcon"] = parts["tcon"] - (logp[:m1].gather(1, ti) * tw).sum(1).mean() / P
+            a = corr[:m1].detach().flatten(1).argmax(1)
+            centre = torch.stack([a % gw, a // gw], -1)
+            near = (centre.float() - traj_t).abs().amax(1) <= R - 1
+            fallback = traj_t.round().long() + b["jitter"].to(dev)
+            traj_corr.append(corr[:m1])
+            traj_centre.append(torch.where(near[:, None], centre, fallback))
+            traj_targets.append(traj_t)
+        if cyc.shape[0]:
+            c = corr[m1 + m2:]
+            a = c.detach().flatten(1).argmax(1)
+            cyc_corr.append(c)
+            cyc_centre.append(torch.stack([a % gw, a // gw], -1))
+            cyc_info.append((Fs, Ft, q[m1 + m2:], cyc))
+    if not traj_corr and not cyc_corr:
+        parts["loss"] = float(cfg.w_contrast) * parts["con"] + float(cfg.w_traj_contrast) * parts["tcon"]
+        return parts
+    # trajectory matches first, then the cycles' forward matches
+    match = model.refine(torch.cat(traj_corr + cyc_corr), torch.cat(traj_centre + cyc_centre))
+    n_traj = sum(int(t.shape[0]) for t in traj_targets)
+    if n_traj:
+        err = huber((match.uv[:n_traj] - torch.cat(traj_targets)) * stride, float(cfg.huber_delta)).sum(1)
+        parts["pos"] = err.mean()
+    if cyc_info:
+        fwd_uv = match.uv[n_traj:]
+        backs, sims, starts, i = [], [], [], 0
+        for Fs, Ft, qc, cyc in cyc_info:
+            m = cyc.shape[0]
+            ft = F.normalize(sample_map(Ft, fwd_uv[i:i + m]), dim=1)
+            sims.append((ft * qc).sum(1))
+            backs.append((ft @ Fs.flatten(1)).view(-1, gh, gw))
+            starts.append(cyc)
+            i += m
+        back = model.refine(torch.cat(backs))
+        start = torch.cat(starts)
+        ok = (torch.cat(sims).detach() >= float(cfg.cycle_min_sim)) & \
+            ((back.coarse.float() - start).abs().amax(1) <= R - 1)
+        if ok.any():
+            parts["cyc"] = huber((back.uv - start) * stride, float(cfg.huber_delta)).sum(1)[ok].mean()
+    parts["loss"] = (float(cfg.w_position) * parts["pos"] + float(cfg.w_contrast) * parts["con"]
+                     + float(cfg.w_traj_contrast) * parts["tcon"] + float(cfg.w_cycle) * parts["cyc"])
+    return parts
+
+
+def evaluate_loss(model, data, cfg, seed, steps):
+    """Mean loss terms over the batches of ``steps`` (no gradients, the model left unchanged)."""
+    acc = {k: 0.0 for k in LOSS_NAMES}
+    with torch.no_grad():
+        for st in steps:
+            p = step_losses(model, data, cfg, sample_step(data, cfg, seed, st))
+            for k in LOSS_NAMES:
+                acc[k] += float(p[k]) / len(steps)
+    return acc
+
+
+def make_optimizer(model, cfg):
+    return torch.optim.AdamW(model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
+
+
+def load_checkpoint(path, key, model, opt, steps):
+    """(step, history) from a valid checkpoint at ``path`` (model and optimiser loaded), else None."""
+    if path is None or not os.path.isfile(path):
+        return None
+    why = None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+            why = "unknown format"
+        elif ck.get("key") != key:
+            why = f"key {ck.get('key')} != {key}"
+        elif not 0 <= int(ck["step"]) <= int(steps):
+            why = f"step {ck['step']} outside [0, {steps}]"
+        else:
+            model.load_state_dict(ck["model"], strict=True)
+            opt.load_state_dict(ck["optim"])
+            hist = ck["history"]
+            if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
+                why = "non-finite weights"
+    except Exception as e:  # noqa: BLE001 - truncated file, wrong tensors: all mean "corrupt"
+        why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if why is not None:
+        warnings.warn(f"TTO checkpoint {path} rejected ({why}); deleting it and training from the start", stacklevel=3)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        return None
+    return int(ck["step"]), hist
+
+
+def save_checkpoint(path, key, model, opt, step, history):
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(dict(format=CKPT_FORMAT, key=key, step=int(step), model=model.state_dict(),
+                        optim=opt.state_dict(), history=history), tmp)
+
+
+def train(model: TTOModel, data: TrainData, cfg, seed=0, ckpt_path=None, key="", progress=False, on_step=None):
+    """Optimise ``model`` on ``data`` for ``cfg.steps`` steps (resuming from ``ckpt_path`` when it holds a
+    checkpoint of ``key``). ``on_step(step)`` is called after each completed step (tests interrupt with it).
+    Returns stats: tto_steps (run now), tto_step_start, tto_s, tto_resumed, tto_loss_first / tto_loss_last
+    (mean loss of the first / last ≤ 10 steps run now)."""
+    t0 = time.perf_counter()
+    opt = make_optimizer(model, cfg)
+    steps = int(cfg.steps)
+    start, history = 0, torch.zeros(0, len(LOSS_NAMES) + 1)
+    got = load_checkpoint(ckpt_path, key, model, opt, steps)
+    if got is not None:
+        start, history = got
+    model.train()
+    step = start
+    saved_at = start if got is not None else -1
+    bar = tqdm(total=steps, initial=start, desc="tto", disable=not progress, leave=False)
+    try:
+        for step in range(start, steps):
+            batch = sample_step(data, cfg, seed, step)
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            parts = step_losses(model, data, cfg, batch)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+            row = torch.tensor([[float(step)] + [float(parts[k].detach()) for k in LOSS_NAMES]])
+            history = torch.cat([history, row])
+            bar.update(1)
+            bar.set_postfix({k: f"{float(v):.3f}" for k, v in zip(LOSS_NAMES, row[0, 1:].tolist())})
+            done = step + 1
+            if ckpt_path is not None and (done % max(1, int(cfg.checkpoint_every)) == 0 or done == steps):
+                save_checkpoint(ckpt_path, key, model, opt, done, history)
+                saved_at = done
+            step = done
+            if on_step is not None:
+                on_step(done)
+    except BaseException:
+        # interrupted between steps (or in one: its update is either complete or not started, since
+        # opt.step() is the last thing a step changes): keep what was done
+        if ckpt_path is not None and step != saved_at and step > start and int(history.shape[0]) and \
+                int(history[-1, 0]) + 1 == step:
+            save_checkpoint(ckpt_path, key, model, opt, step, history)
+        raise
+    finally:
+        bar.close()
+    model.eval()
+    h = history[:, 1]
+    k = max(1, min(10, h.numel() // 4)) if h.numel() else 0
+    return dict(tto_steps=steps - start, tto_step_start=start, tto_resumed=got is not None,
+                tto_s=time.perf_counter() - t0,
+                tto_loss_first=float(h[:k].mean()) if k else float("nan"),
+                tto_loss_last=float(h[-k:].mean()) if k else float("nan"))
