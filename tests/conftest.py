@@ -34,3 +34,31 @@ def need(path):
     if not os.path.exists(path):
         pytest.skip(f"{path} is not present on this machine")
     return path
+
+
+def raft_small_path():
+    """The official RAFT-small checkpoint: $PITRACK_WEIGHTS/raft-small.pth, else ../shared/weights; None if absent."""
+    for d in (os.environ.get("PITRACK_WEIGHTS"), os.path.join(SHARED, "weights")):
+        if d and os.path.isfile(os.path.join(d, "raft-small.pth")):
+            return os.path.join(d, "raft-small.pth")
+    return None
+
+
+@pytest.fixture
+def raft_weights(monkeypatch):
+    """Path of raft-small.pth, with $PITRACK_WEIGHTS pointing at its folder; skips where it is absent."""
+    path = raft_small_path()
+    if path is None:
+        pytest.skip("raft-small.pth (official RAFT-small checkpoint) not found in $PITRACK_WEIGHTS or ../shared/weights")
+    monkeypatch.setenv("PITRACK_WEIGHTS", os.path.dirname(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """At most 2 torch threads in every test (the machine's size), restored afterwards."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)

@@ -15,27 +15,6 @@ from pitrack.errors import WeightsError
 from pitrack.paths import WEIGHTS_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAFT_SMALL = os.path.join(os.path.dirname(REPO), "shared", "weights", "raft-small.pth")
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def raft_weights(monkeypatch):
-    d = os.environ.get(WEIGHTS_ENV)
-    path = os.path.join(d, "raft-small.pth") if d else ""
-    if not os.path.isfile(path):
-        path = RAFT_SMALL
-    if not os.path.isfile(path):
-        pytest.skip("raft-small.pth (official RAFT-small checkpoint) not found in $PITRACK_WEIGHTS or ../shared/weights")
-    monkeypatch.setenv(WEIGHTS_ENV, os.path.dirname(path))
-    return path
 
 
 def _support_centre(net, hw, cell, out_index=None):

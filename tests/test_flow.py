@@ -13,36 +13,15 @@ from flow.dis import dis_flow
 from flow.occlusion import FBUncertainty, bilinear_sample, fb_occlusion_variance, fb_residual, make_uncertainty
 from flow.raft import _mapped_tensors, _read_checkpoint, load_raft, raft_flow
 from pitrack.errors import ConfigError, WeightsError
-from pitrack.paths import WEIGHTS_ENV
 from pitrack.video import load_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAVIS = os.path.join(os.path.dirname(REPO), "shared", "data", "tapvid_davis32")
 
 
-def _weights_dir():
-    d = os.environ.get(WEIGHTS_ENV)
-    if d and os.path.isfile(os.path.join(d, "raft-small.pth")):
-        return d
-    d = os.path.join(os.path.dirname(REPO), "shared", "weights")
-    return d if os.path.isfile(os.path.join(d, "raft-small.pth")) else None
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
-def weights(monkeypatch):
-    d = _weights_dir()
-    if d is None:
-        pytest.skip(f"raft-small.pth not found in ${WEIGHTS_ENV} or ../shared/weights (official RAFT-small weights)")
-    monkeypatch.setenv(WEIGHTS_ENV, d)
-    return os.path.join(d, "raft-small.pth")
+def weights(raft_weights):
+    return raft_weights
 
 
 def _davis(video="blackswan", n=2):

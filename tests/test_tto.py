@@ -13,7 +13,6 @@ from features.grid import FeatureGrid
 from pitrack.config import load_config
 from pitrack.coords import to_center
 from pitrack.errors import ConfigError
-from pitrack.paths import WEIGHTS_ENV
 from tto.config import TTOConfig
 from tto.keypoints import build_model, keypoint_observations, predict, refined_maps_all
 from tto.model import ResidualCNN, soft_argmax
@@ -22,15 +21,6 @@ from tto.train import TrainData, evaluate_loss, lr_at, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
-RAFT_SMALL = os.path.join(os.path.dirname(REPO), "shared", "weights", "raft-small.pth")
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
 
 
 # --- soft-argmax and the refinement geometry ------------------------------------------------------------
@@ -169,11 +159,9 @@ def test_best_buddies_are_mutual_nearest_neighbours():
 
 @pytest.fixture(scope="module")
 def raft_clip():
-    d = os.environ.get(WEIGHTS_ENV)
-    path = os.path.join(d, "raft-small.pth") if d else ""
-    if not os.path.isfile(path):
-        path = RAFT_SMALL
-    if not os.path.isfile(path):
+    from conftest import raft_small_path
+    path = raft_small_path()
+    if path is None:
         pytest.skip("raft-small.pth (official RAFT-small checkpoint) not found in $PITRACK_WEIGHTS or ../shared/weights")
     from eval.synthetic import make_clip
     from features.backbones import RaftEncoder
