@@ -12,14 +12,13 @@ import json
 import os
 import time
 import typing
-import warnings
 
 import numpy as np
 from tqdm import tqdm
 
 from features.backbones import make_backbone
 from features.grid import FeatureGrid, feature_image_hw
-from pitrack.atomic import atomic_path
+from pitrack.atomic import atomic_path, discard_cache_file
 
 CACHE_FORMAT = 1
 
@@ -55,11 +54,7 @@ def _load(path, key, shape):
         elif not np.isfinite(feats).all():
             why = "non-finite values"
     if why is not None:
-        warnings.warn(f"feature cache file {path} rejected ({why}); deleting it and recomputing", stacklevel=3)
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+        discard_cache_file(path, "feature cache file", why)
         return None
     return torch.from_numpy(feats)
 

@@ -19,7 +19,6 @@ import json
 import os
 import time
 import typing
-import warnings
 import zipfile
 
 import numpy as np
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from flow.config import FlowConfig
 from flow.occlusion import make_uncertainty
-from pitrack.atomic import atomic_path, save_json
+from pitrack.atomic import atomic_path, discard_cache_file, save_json
 from pitrack.coords import parse_resolution
 from pitrack.errors import ConfigError, InputError
 
@@ -163,11 +162,7 @@ class FlowBank:
                 why = "non-finite values"
         self._stats["load_s"] += time.perf_counter() - t0
         if why is not None:
-            warnings.warn(f"flow cache file {path} rejected ({why}); deleting it and recomputing", stacklevel=3)
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+            discard_cache_file(path, "flow cache file", why)
             self._stats["cache_files_rejected"] += 1
             return None
         return fwd, bwd

@@ -3,6 +3,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -48,3 +49,10 @@ def save_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+
+
+def discard_cache_file(path, what, why, then="recomputing"):
+    """A cache file failed validation: warn (naming it and why) and delete it, so it is never used."""
+    warnings.warn(f"{what} {path} rejected ({why}); deleting it and {then}", stacklevel=4)
+    with contextlib.suppress(OSError):
+        os.remove(path)

@@ -34,14 +34,13 @@ import math
 import os
 import time
 import typing
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pitrack.atomic import atomic_path
+from pitrack.atomic import atomic_path, discard_cache_file
 from tto.model import TTOModel, sample_map
 from tto.pairs import best_buddies
 
@@ -259,11 +258,7 @@ def load_checkpoint(path, key, model, opt, steps):
     except Exception as e:  # noqa: BLE001 - truncated file, wrong tensors: all mean "corrupt"
         why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     if why is not None:
-        warnings.warn(f"TTO checkpoint {path} rejected ({why}); deleting it and training from the start", stacklevel=3)
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+        discard_cache_file(path, "TTO checkpoint", why, "training from the start")
         return None
     return int(ck["step"]), hist
 
