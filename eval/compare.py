@@ -3,7 +3,7 @@
     python -m eval.compare results/klt-davis32-first results/mft-davis32-first ...
 
 Prints a Markdown table: results folder, config, mode, videos, metrics (%), mean seconds per video
-(with flow and tracking seconds when the tracker reports them), mean flow-cache MB, max peak MB.
+(with flow, per-video optimisation and tracking seconds when the tracker reports them), mean flow-cache MB, max peak MB.
 """
 import argparse
 import glob
@@ -39,13 +39,13 @@ def compare_table(folders):
         rows.append([os.path.basename(os.path.normpath(folder)), recs[0]["config"], recs[0]["mode"], str(len(recs))]
                     + [f"{100 * np.mean([r['metrics'][c] for r in recs]):.1f}" for c, _ in cols]
                     + [f"{np.mean([r['seconds'] for r in recs]):.1f}"]
-                    + [("–" if np.isnan(mean(k)) else f"{mean(k):.1f}") for k in ("flow_s", "track_s", "cache_mb")]
+                    + [("–" if np.isnan(mean(k)) else f"{mean(k):.1f}") for k in ("flow_s", "tto_s", "track_s", "cache_mb")]
                     + [f"{max(r['peak_rss_mb'] for r in recs):.0f}"])
     if len(kinds) > 1:
         raise InputError("compare TAP-Vid and BADJA results in separate tables")
     cols = TAPVID_COLUMNS if kinds == {"tapvid"} else BADJA_COLUMNS
     head = ["results", "config", "mode", "videos"] + [c for _, c in cols] + \
-           ["s/video", "flow s", "track s", "cache MB", "max peak MB"]
+           ["s/video", "flow s", "opt s", "track s", "cache MB", "max peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -42,4 +42,11 @@ class FusionConfig:
     outlier_radius: float = 10.0       # px at the original resolution
     backward: bool = True              # a sweep from the last frame toward the first with backward flows
     backward_replace_smaller_sigma: bool = False   # the sweep also replaces visible estimates of larger σ
+    backward_sources: str = "anchored"  # the sweep chains 'anchored' estimates (keypoint-confirmed) or 'all'
     keypoints: bool = True             # fuse long-term keypoint observations when a provider gives them
+    observation_gate: float = 10.0     # px (original): a keypoint farther from a visible estimate is dropped; 0: none
+
+    def __post_init__(self):
+        if self.backward_sources not in ("anchored", "all"):
+            from pitrack.errors import ConfigError
+            raise ConfigError(f"fusion.backward_sources must be 'anchored' or 'all', got {self.backward_sources!r}")

@@ -10,14 +10,18 @@ Per frame, the visible candidates are combined: outliers (farther than a radius 
 visible candidate) are dropped and the rest merged by inverse variance with correlation ρ
 (:func:`fusion.gaussian.merge_gaussians`), or — switch ``probabilistic: false`` — the least-σ visible
 candidate is taken (MFT's rule). With no visible candidate the point is occluded and keeps its least-σ
-candidate's position. A valid keypoint observation is merged with a visible estimate and
-re-initialises an occluded one.
+candidate's position. A valid keypoint observation is merged with a visible estimate within the
+observation gate (a farther one is dropped as a conflict) and re-initialises an occluded one.
 
 Passes. (1) From each query frame toward the last frame and (2) toward frame 0, each frame's estimate
 built from the estimates already made in that pass. (3) Optionally a backward sweep from the last
 frame toward the first over every frame but the query's, using the backward flows t + Δ → t from the
 current estimates; it replaces an estimate that is occluded where the sweep's is visible (and, as a
-switch, a visible one of larger σ). Positions are pixel-centre working pixels inside this module.
+switch, a visible one of larger σ). With ``backward_sources: anchored`` the sweep chains only estimates
+that a keypoint observation confirmed (and, frame by frame, what it built from them): it carries a
+re-detection back into the gap before it. With ``all`` it chains every estimate, and a forward
+estimate that is visible but on the wrong surface is then carried back too (the failure measured in
+issue 4: most frames it flipped to visible were occluded). Positions are pixel-centre working pixels inside this module.
 """
 import time
 
@@ -37,9 +41,12 @@ class Estimates:
         self.var = torch.full((n, t), float("inf"))
         self.occ = torch.ones(n, t)
         self.vis = torch.zeros(n, t, dtype=torch.bool)
+        self.anchor = torch.zeros(n, t, dtype=torch.bool)   # a keypoint observation confirmed it (see sweep)
 
-    def set(self, idx, t, xy, var, occ, vis):
+    def set(self, idx, t, xy, var, occ, vis, anchor=None):
         self.xy[idx, t], self.var[idx, t], self.occ[idx, t], self.vis[idx, t] = xy, var, occ, vis
+        if anchor is not None:
+            self.anchor[idx, t] = anchor
 
 
 def needed_pairs(query_frames, num_frames, intervals, use_inf, sweep):
@@ -81,9 +88,21 @@ def combine(cand_xy, cand_var, cand_occ, cand_ok, threshold, fusion, radius):
     return xy, var, occ, any_vis
 
 
-def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok):
+def accepted_observations(xy, vis, obs_xy, obs_ok, gate):
+    """The observations :func:`fuse_observation` uses: valid, and for a visible estimate within ``gate``."""
+    if gate is not None and gate > 0:
+        return obs_ok & (~vis | ((obs_xy - xy).norm(dim=-1) <= gate))
+    return obs_ok
+
+
+def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok, gate=None):
     """Merge a keypoint observation (independent of the flow estimate: ρ = 0) into a visible estimate;
-    re-initialise an occluded estimate from it. All [M, ...] for the M queries of one frame."""
+    re-initialise an occluded estimate from it. All [M, ...] for the M queries of one frame.
+
+    ``gate`` (working px, None or <= 0: none): an observation farther than this from a visible estimate
+    is a conflict and is dropped, like a flow candidate outside the outlier radius — the merge of two
+    far-apart Gaussians lies between them, where neither surface is."""
+    obs_ok = accepted_observations(xy, vis, obs_xy, obs_ok, gate)
     both = torch.stack([xy, obs_xy], 1)
     vars_ = torch.stack([var, obs_var], 1)
     m_xy, m_var, _ = merge_gaussians(both, vars_, torch.stack([vis, obs_ok], 1), 0.0)
@@ -95,9 +114,11 @@ def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok):
     return xy, var, occ, vis | obs_ok
 
 
-def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, radius, h, w, obs, mode,
-          replace_smaller, progress, desc):
-    """One pass over ``frames``. ``sources(t)``: list of (s, query indices) whose estimate at s is chained to t."""
+def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, radius, h, w, obs, gate, mode,
+          replace_smaller, progress, desc, anchored_only=False):
+    """One pass over ``frames``. ``sources(t)``: list of (s, query indices) whose estimate at s is chained to t.
+    ``anchored_only``: only estimates a keypoint observation confirmed (est.anchor) are chained; the result
+    is anchored too, so a re-detection is carried from frame to frame."""
     N = est.xy.shape[0]
     for t in tqdm(frames, desc=desc, disable=not progress, leave=False):
         groups = [(s, idx) for s, idx in sources(t) if idx.numel()]
@@ -119,23 +140,34 @@ def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, rad
             cand_occ[idx, g] = torch.maximum(est.occ[idx, s], samp[g, :m, 2])
             inside = (cxy[:, 0] >= -0.5) & (cxy[:, 0] <= w - 0.5) & (cxy[:, 1] >= -0.5) & (cxy[:, 1] <= h - 0.5)
             cand_ok[idx, g] = inside & torch.isfinite(cvar)
+            if anchored_only:
+                cand_ok[idx, g] &= est.anchor[idx, s]
         a = torch.unique(torch.cat([idx for _, idx in groups]))
         xy, var, occ, vis = combine(cand_xy[a], cand_var[a], cand_occ[a], cand_ok[a], threshold, fusion, radius)
+        anchor = vis.clone() if anchored_only else torch.zeros_like(vis)
         if obs is not None:
-            xy, var, occ, vis = fuse_observation(xy, var, occ, vis, obs[0][a, t], obs[1][a, t], obs[2][a, t])
+            used = accepted_observations(xy, vis, obs[0][a, t], obs[2][a, t], gate)
+            xy, var, occ, vis = fuse_observation(xy, var, occ, vis, obs[0][a, t], obs[1][a, t], used)
+            anchor |= used
         if mode == "replace":
             old_vis, old_var = est.vis[a, t], est.var[a, t]
             take = (~old_vis & vis) | (replace_smaller & old_vis & vis & (var < old_var))
-            a, xy, var, occ, vis = a[take], xy[take], var[take], occ[take], vis[take]
-        est.set(a, t, xy, var, occ, vis)
+            # an estimate kept because it is already visible becomes anchored when the anchored chains
+            # agree with it (within the outlier radius), so the anchor passes through it to earlier frames
+            agree = ~take & old_vis & anchor & ((xy - est.xy[a, t]).norm(dim=-1) <= radius)
+            est.anchor[a[agree], t] = True
+            a, xy, var, occ, vis, anchor = a[take], xy[take], var[take], occ[take], vis[take], anchor[take]
+            anchor |= est.anchor[a, t]
+        est.set(a, t, xy, var, occ, vis, anchor)
 
 
 def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_var, fusion=None, radius=10.0,
-              observations=None, progress=False):
+              observations=None, progress=False, gate=None):
     """Track queries through a flow bank. ``q_xy`` [N, 2] working px (pixel-centre), ``tq`` [N] query frames.
 
     ``fusion``: a FusionConfig, or None for least-σ selection without the backward sweep.
-    ``observations``: None or (xy [N, T, 2] working px, var [N, T] px², valid [N, T] bool) tensors.
+    ``observations``: None or (xy [N, T, 2] working px, var [N, T] px², valid [N, T] bool) tensors;
+    ``gate``: working px, see :func:`fuse_observation`.
     Returns an :class:`Estimates`.
     """
     T, (h, w) = num_frames, bank.working_hw
@@ -144,7 +176,8 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
     est = Estimates(N, T)
     est.set(torch.arange(N), tq_t, torch.as_tensor(q_xy, dtype=torch.float32), query_var, 0.0, True)
     common = dict(intervals=intervals, use_inf=use_inf, threshold=threshold, fusion=fusion, radius=radius, h=h,
-                  w=w, obs=observations if (fusion is None or fusion.keypoints) else None, progress=progress)
+                  w=w, obs=observations if (fusion is None or fusion.keypoints) else None, gate=gate,
+                  progress=progress)
 
     def outward(direction):
         def sources(t):
@@ -176,7 +209,8 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
           desc="track to frame 0", **common)
     if fusion is not None and fusion.backward:
         _pass(bank, est, range(T - 2, -1, -1), sweep_sources, mode="replace",
-              replace_smaller=fusion.backward_replace_smaller_sigma, desc="backward sweep", **common)
+              replace_smaller=fusion.backward_replace_smaller_sigma, desc="backward sweep",
+              anchored_only=fusion.backward_sources == "anchored", **common)
     return est
 
 
@@ -195,15 +229,19 @@ def track_pitrack(video, queries, config, ctx, observations=None):
     t0 = time.perf_counter()
     q_xy = to_center(scale_xy(queries[:, 1:3], (H, W), hw))
     radius = float(scale_sigma(fusion.outlier_radius, (H, W), hw))
+    gate = float(scale_sigma(fusion.observation_gate, (H, W), hw))
     if observations is None and fusion.keypoints and config.tto.enabled:
         from tto.keypoints import keypoint_observations
         obs_xy, obs_var, obs_ok, kp_stats = keypoint_observations(
             video, q_xy, tq, bank, config, ctx.video_cache_dir() if ctx.use_cache else None, ctx.progress)
         observations = (obs_xy, obs_var, obs_ok)
         ctx.stats.update(kp_stats)
+        ctx.extras["keypoints"] = dict(  # original px, corner convention, like the tracks
+            xy=scale_xy(from_center(obs_xy.numpy()), hw, (H, W)), valid=obs_ok.numpy(),
+            sigma=scale_sigma(np.sqrt(obs_var.numpy()), hw, (H, W)))
         t0 = time.perf_counter()
     est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2,
-                    fusion, radius, observations, ctx.progress)
+                    fusion, radius, observations, ctx.progress, gate)
     ctx.stats.update(bank.stats)
     ctx.stats["track_s"] = time.perf_counter() - t0
     ctx.stats["working_resolution"] = f"{hw[1]}x{hw[0]}"

@@ -75,7 +75,8 @@ def video_digest(video):
 
 
 class TrackContext:
-    """What a backend gets besides video, queries and config: progress switch, cache folder, stats."""
+    """What a backend gets besides video, queries and config: progress switch, cache folder, stats, and
+    ``extras``: intermediate results a backend chooses to expose (e.g. 'keypoints', see track_pitrack)."""
 
     def __init__(self, video, progress=True, use_cache=True, cache_dir=None):
         self._video = video
@@ -83,6 +84,7 @@ class TrackContext:
         self.use_cache = use_cache
         self._cache_dir = cache_dir
         self.stats = {}
+        self.extras = {}
 
     def video_cache_dir(self):
         """This video's cache folder (one compact folder per video, keyed by content)."""
@@ -105,6 +107,7 @@ class Tracker:
         self.use_cache = use_cache
         self.cache_dir = cache_dir
         self.stats = {}
+        self.extras = {}
 
     @classmethod
     def from_config(cls, path, **kwargs):
@@ -119,6 +122,7 @@ class Tracker:
         tracks, visible, sigma = self._backend(video, queries, self.config, ctx)
         ctx.stats["seconds"] = time.perf_counter() - t0
         self.stats = ctx.stats
+        self.extras = ctx.extras
         N, T = queries.shape[0], video.shape[0]
         tracks = np.asarray(tracks, np.float32)
         visible = np.asarray(visible, bool)

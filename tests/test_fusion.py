@@ -7,7 +7,7 @@ import torch
 
 from fusion.config import FusionConfig
 from fusion.gaussian import chain_gaussian, merge_gaussians, reject_outliers
-from fusion.integrate import combine, integrate
+from fusion.integrate import combine, fuse_observation, integrate
 from test_chain import AnalyticFlows, translate
 
 
@@ -122,3 +122,45 @@ def test_sweep_replaces_visible_estimates_only_with_the_switch():
     b = _run(bank, FusionConfig(backward=True, backward_replace_smaller_sigma=True), intervals=(1,), use_inf=True)
     assert a.vis.all() and b.vis.all()
     assert torch.all(b.var <= a.var + 1e-6)
+
+
+class _ForwardFlowsHideFrames3To5(AnalyticFlows):
+    """Translation; flows a → b with a < b mark frames 3–5 occluded, backward flows do not."""
+
+    def get(self, a, b):
+        f = super().get(a, b)
+        if a < b and 3 <= b <= 5:
+            f = f._replace(occlusion=np.ones_like(f.occlusion))
+        return f
+
+
+def test_anchored_sweep_carries_only_keypoint_confirmed_estimates():
+    """The forward pass loses frames 3–5 and re-finds the point at 6 (Δ = 4 from frame 2). A sweep over all
+    estimates carries frame 6 back into 3–5; the anchored sweep does so only once a keypoint observation
+    confirms a later estimate (here frame 7; frame 6 agrees with the anchored chain and passes it on)."""
+    T = 10
+    bank = _ForwardFlowsHideFrames3To5(T, (30, 40), translate([1.0, 0.0]))
+    gap = [True] * 3 + [False] * 3 + [True] * 4
+    assert _run(bank, FusionConfig(backward=False), intervals=(1, 2, 4)).vis[0].tolist() == gap
+    every = _run(bank, FusionConfig(backward=True, backward_sources="all"), intervals=(1, 2, 4))
+    assert every.vis[0].all()
+    anchored = _run(bank, FusionConfig(backward=True, backward_sources="anchored"), intervals=(1, 2, 4))
+    assert anchored.vis[0].tolist() == gap and not anchored.anchor.any()
+    obs = _observation_at(7, bank, T, 1.0)
+    confirmed = _run(bank, FusionConfig(backward=True, backward_sources="anchored"), obs, intervals=(1, 2, 4))
+    assert confirmed.vis[0].all()
+    assert np.allclose(confirmed.xy[0, :, 0].numpy(), 5 + np.arange(T), atol=1e-3)
+    assert confirmed.anchor[0, 3:8].all() and not confirmed.anchor[0, 8:].any()
+
+
+def test_observation_gate_drops_conflicts():
+    xy = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    var = torch.ones(3)
+    occ = torch.tensor([0.0, 0.0, 1.0])
+    vis = torch.tensor([True, True, False])
+    obs_xy = torch.tensor([[2.0, 0.0], [30.0, 0.0], [30.0, 0.0]])
+    ok = torch.ones(3, dtype=torch.bool)
+    m_xy, m_var, m_occ, m_vis = fuse_observation(xy, var, occ, vis, obs_xy, torch.ones(3), ok, gate=10.0)
+    assert m_xy[:, 0].tolist() == pytest.approx([1.0, 0.0, 30.0])   # merged; conflict dropped; re-initialised
+    assert m_var.tolist() == pytest.approx([0.5, 1.0, 1.0]) and m_vis.all() and m_occ[2] == 0
+    assert fuse_observation(xy, var, occ, vis, obs_xy, torch.ones(3), ok)[0][1, 0] == pytest.approx(15.0)  # no gate

@@ -105,3 +105,19 @@ def test_calibration_summary_of_a_calibrated_gaussian():
     assert s["within_2sigma"] == pytest.approx(1 - np.exp(-2.0), abs=0.01)
     assert s["spearman"] > 0.3
     assert summarize(sigma, err * 5)["within_2sigma"] < 0.3                       # over-confident σ shows
+
+
+def test_keypoint_quality_counts():
+    """eval.keypoint_quality on a hand-made case: 1 query, 4 scored frames."""
+    from eval.keypoint_quality import keypoint_quality
+    gt = np.zeros((1, 4, 2))
+    kp = np.array([[[1.0, 0], [20, 0], [0, 3], [50, 0]]])
+    valid = np.array([[True, True, True, True]])
+    flow = np.array([[[0.5, 0], [0, 0], [0, 0], [0, 0]]])
+    flow_vis = np.array([[True, True, False, True]])
+    gt_vis = np.array([[True, True, True, False]])
+    q = keypoint_quality(kp, valid, flow, flow_vis, gt, gt_vis, np.ones((1, 4), bool), far=8.0)
+    assert q["observations"] == 4 and q["precision_gt_visible"] == 0.75 and q["recall_of_gt_visible"] == 1.0
+    assert q["kp_median_error"] == 3.0 and q["kp_within_4"] == pytest.approx(2 / 3)
+    assert q["conflicts"] == 1 and q["conflict_kp_closer"] == 0.0 and q["conflict_obs_not_gt_visible"] == 1
+    assert q["redetections"] == 1 and q["redetection_gt_visible"] == 1.0 and q["redetection_kp_median_error"] == 3.0

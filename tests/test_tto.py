@@ -191,7 +191,7 @@ def _errors(model, clip):
 
 
 def test_optimisation_lowers_the_loss_and_finds_true_positions_better(raft_clip):
-    torch.set_num_threads(1)                  # as configs/tto_cpu.yaml (tto.threads); restored by _threads
+    torch.set_num_threads(1)                  # as configs/default.yaml (tto.threads); restored by _threads
     cfg, data = raft_clip["cfg"], raft_clip["data"]
     model = build_model(data.feats.shape[1], cfg, seed=0)
     held_out = range(10_000, 10_008)                               # batches the training never draws
@@ -293,15 +293,18 @@ def test_disabled_provider_and_configs():
 
     xy, var, valid, st = keypoint_observations(video, np.zeros((2, 2)), np.zeros(2, int), NoBank(), config)
     assert xy.shape == (2, 3, 2) and not valid.any() and st["tto_enabled"] is False and st["tto_s"] == 0
-    for name in ("tto_cpu.yaml", "tto_gpu.yaml"):
+    for name in ("default.yaml", "tto_gpu.yaml"):
         c = load_config(os.path.join(CONFIGS, name))
-        assert c.tto.enabled and c.tracker == "pitrack" and c.features.backbone == "raft_small"
-    assert load_config(os.path.join(CONFIGS, "default.yaml")).tto.enabled is False
+        assert c.tto.enabled and c.fusion.keypoints and c.tracker == "pitrack" and c.features.backbone == "raft_small"
+    off = load_config(os.path.join(CONFIGS, "ablations", "no_keypoints.yaml"))
+    assert off.tto.enabled is False and off.fusion.keypoints is False
     with pytest.raises(ConfigError, match="tto.stepz"):
         load_config({"tto": {"stepz": 3}})
     with pytest.raises(ConfigError, match="features.batch_size"):
         load_config({"features": {"batch_size": "four"}})
-    assert math.isclose(load_config(os.path.join(CONFIGS, "tto_cpu.yaml")).tto.similarity_threshold, 0.8)
+    assert math.isclose(load_config(os.path.join(CONFIGS, "default.yaml")).tto.similarity_threshold, 0.8)
+    with pytest.raises(ConfigError, match="backward_sources"):
+        load_config({"fusion": {"backward_sources": "some"}})
 
 
 def test_tracker_wires_keypoints_into_the_integrator():
