@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Track points through a video.
 
-    python run_video.py --video V --queries Q.npy --config configs/X.yaml --out pred.npz [--viz out.mp4]
+    python run_video.py --video V --queries Q.npy [--config configs/X.yaml] --out pred.npz [--viz out.mp4]
     python run_video.py --video V --grid 10 [--grid-frame 0] --config configs/X.yaml --out pred.npz
 
 V: a folder of frames (jpg/png, sorted by name) or a video file. Q.npy: float32 [N, 3] rows (t, x, y),
@@ -9,7 +9,11 @@ frame index and pixel position in the original frames. pred.npz: tracks float32 
 pixels), visible bool [N, T], sigma float32 [N, T] (px), queries float32 [N, 3]. Bad input: one line, exit 2.
 """
 import argparse
+import os
 import sys
+
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,7 +29,8 @@ def parse_args(argv=None):
     src.add_argument("--queries", help="Q.npy, float32 [N, 3] rows (t, x, y) in original pixels")
     src.add_argument("--grid", type=int, help="track a K×K grid of points instead of --queries")
     p.add_argument("--grid-frame", type=int, default=0, help="frame of the --grid queries (default 0)")
-    p.add_argument("--config", required=True, help="YAML config, e.g. configs/baselines/klt.yaml")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="YAML config (default: configs/default.yaml; e.g. configs/baselines/klt.yaml)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--viz", help="also write an overlay video (.mp4)")
     p.add_argument("--max-frames", type=int, help="use only the first N frames")

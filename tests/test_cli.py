@@ -169,3 +169,13 @@ def test_score_and_bench_end_to_end(tmp_path, synthetic_clip):
     assert r.returncode == 2 and "zz" in r.stderr
     r = run("-m", "eval.compare", str(out))
     assert r.returncode == 0 and "| res | " in r.stdout and "cache MB" in r.stdout, r.stderr
+
+
+def test_config_defaults_to_configs_default_yaml():
+    sys.path.insert(0, ROOT)
+    try:
+        import run_video as cli
+    finally:
+        sys.path.remove(ROOT)
+    args = cli.parse_args(["--video", "v", "--grid", "3", "--out", "p.npz"])
+    assert args.config == os.path.join(ROOT, "configs", "default.yaml") and os.path.isfile(args.config)
