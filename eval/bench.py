@@ -111,14 +111,7 @@ def main(argv=None):
         from pitrack import load_config
         from tqdm import tqdm
         config = load_config(args.config)
-        folders = list_video_folders(args.data)
-        if args.videos:
-            wanted = args.videos.split(",")
-            names = {os.path.basename(os.path.normpath(f)): f for f in folders}
-            missing = [w for w in wanted if w not in names]
-            if missing:
-                raise PitrackError(f"--videos: no video named {missing[0]} in {args.data}")
-            folders = [names[w] for w in wanted]
+        folders = list_video_folders(args.data, args.videos)
         os.makedirs(args.out, exist_ok=True)
         records = []
         for folder in tqdm(folders, desc=f"bench {config.name} {args.mode}", disable=not sys.stderr.isatty()):

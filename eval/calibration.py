@@ -10,7 +10,6 @@ Fractions far above those mean σ is too large (under-confident); far below, too
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -52,9 +51,7 @@ def main(argv=None):
     try:
         from pitrack import Tracker
         tracker = Tracker.from_config(args.config, progress=False)
-        folders = list_video_folders(args.data)
-        if args.videos:
-            folders = [f for f in folders if os.path.basename(os.path.normpath(f)) in args.videos.split(",")]
+        folders = list_video_folders(args.data, args.videos)
         sigs, errs = [], []
         for folder in folders:
             video = open_video_folder(folder)

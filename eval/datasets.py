@@ -155,8 +155,23 @@ def is_video_folder(folder):
     return any(os.path.isfile(os.path.join(folder, f)) for f in ("tracks.npz", "joints.npz"))
 
 
-def list_video_folders(data_dir):
-    """Video folders of a dataset folder (sorted by name), or [data_dir] if it is itself a video folder."""
+def list_video_folders(data_dir, videos=None):
+    """Video folders of a dataset folder (sorted by name), or [data_dir] if it is itself a video folder.
+
+    ``videos``: None, or a comma-separated string / list of video names: only those, in that order; a
+    name not in ``data_dir`` is an InputError (a typo must not silently shrink a benchmark)."""
+    found = _all_video_folders(data_dir)
+    if not videos:
+        return found
+    wanted = videos.split(",") if isinstance(videos, str) else list(videos)
+    names = {os.path.basename(os.path.normpath(f)): f for f in found}
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise InputError(f"--videos: no video named {missing[0]} in {data_dir}")
+    return [names[w] for w in wanted]
+
+
+def _all_video_folders(data_dir):
     if not os.path.isdir(data_dir):
         raise InputError(f"data folder not found: {data_dir}")
     if is_video_folder(data_dir):

@@ -81,12 +81,9 @@ def main(argv=None):
         tf = Tracker.from_config(args.flow_config, progress=False)
         if not (tk.config.tto.enabled and tk.config.fusion.keypoints):
             raise PitrackError(f"{args.config} makes no keypoint observations (tto.enabled and fusion.keypoints)")
-        wanted = set(args.videos.split(",")) if args.videos else None
         cols = {k: [] for k in ("kp_xy", "kp_valid", "flow_xy", "flow_vis", "gt_xy", "gt_vis", "scored")}
-        for folder in list_video_folders(args.data):
+        for folder in list_video_folders(args.data, args.videos):
             v = open_video_folder(folder)
-            if wanted is not None and v.name not in wanted:
-                continue
             q, idx = v.queries(args.mode)
             frames = v.load_frames()
             tk(frames, q)
@@ -99,8 +96,6 @@ def main(argv=None):
                            ("flow_vis", rf.visible), ("gt_xy", to_r(v.points[idx])), ("gt_vis", ~v.occluded[idx]),
                            ("scored", scored)):
                 cols[k].append(np.asarray(val).reshape(-1, *np.asarray(val).shape[2:]))
-        if not cols["scored"]:
-            raise PitrackError("no videos matched")
         cat = {k: np.concatenate(v) for k, v in cols.items()}
         out = {"config": tk.config.name, "flow_config": tf.config.name, "mode": args.mode,
                **keypoint_quality(far=args.far, **cat)}
