@@ -43,8 +43,8 @@ def main(argv=None):
     args = parse_args(argv)
     import numpy as np
     from pitrack import Tracker, grid_queries, load_video
-    from pitrack.atomic import save_npz
-    from pitrack.errors import InputError, PitrackError
+    from core.atomic import save_npz
+    from core.errors import InputError, PitrackError
     try:
         tracker = Tracker.from_config(args.config, progress=not args.quiet, use_cache=not args.no_cache)
         if args.queries is not None:

@@ -5,8 +5,11 @@
 
 Each video runs in its own process, so its seconds and peak memory are its own. Per video it writes
 ``OUT/<video>.json`` (metrics, seconds, peak RSS, tracker stats); then ``OUT/table.md`` (per video, mean
-last) and ``OUT/summary.json``. A rerun skips videos whose JSON exists for the same config, mode and data
-(so an interrupted run resumes); ``--fresh`` recomputes them.
+last; under it the footnotes, the pooled error shares and the filter counts) and ``OUT/summary.json`` (mean
+row; TAP-Vid: pooled error shares; ``filters_total`` where the tracker reports ``stats["filters"]``). A rerun
+skips videos whose JSON exists for the same config, mode and data (so an interrupted run resumes); ``--fresh``
+recomputes them. ``--save-pred`` also keeps ``OUT/<video>.npz``
+(tracks, visible, sigma, queries), which ``eval.rescore`` scores again.
 """
 import argparse
 import json
@@ -19,11 +22,16 @@ import time
 import numpy as np
 
 from eval.datasets import list_video_folders, open_video_folder
-from pitrack.atomic import save_json, save_npz, save_text
-from pitrack.errors import PitrackError
+from core.atomic import save_json, save_npz, save_text
+from core.errors import PitrackError
 
-TAPVID_COLUMNS = (("AJ", "AJ"), ("delta_avg", "<δ avg"), ("OA", "OA"))
+TAPVID_COLUMNS = (("AJ", "AJ"), ("delta_avg", "<δ avg"), ("OA", "OA"),
+                  ("occ_called_visible", "occ→vis"), ("vis_called_occluded", "vis→occ"), ("vis_far16", ">16px"))
 BADJA_COLUMNS = (("PCK_seg", "PCK@seg"), ("PCK_3px", "PCK@3px"))
+POOLED = (("occ_called_visible", "n_occ_called_visible", "n_occ"), ("vis_called_occluded", "n_vis_called_occluded", "n_vis"),
+          ("vis_far16", "n_vis_far16", "n_vis"))  # share, its numerator count, its denominator count
+NO_PAIR = {"occ_called_visible": "no occluded scored pair", "vis_called_occluded": "no visible scored pair",
+           "vis_far16": "no visible scored pair"}
 
 
 def run_one(config_path, video_dir, mode, json_path, pred_path=None):
@@ -53,6 +61,12 @@ def run_one(config_path, video_dir, mode, json_path, pred_path=None):
     return rec
 
 
+def _mean(xs):
+    """Mean of the finite values of ``xs`` (None and NaN left out); None if there are none."""
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(xs)) if xs else None
+
+
 def _fmt(v, pct=False):
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "–"
@@ -60,7 +74,10 @@ def _fmt(v, pct=False):
 
 
 def markdown_table(records, title):
-    """Per-video rows and a final mean row. Metrics in %, seconds, peak RSS in MB, stage stats ending _s/_mb."""
+    """Per-video rows and a final mean row. Metrics in %, seconds, peak RSS in MB, stage stats ending _s/_mb.
+
+    A video without a value for a metric (a share with no pair) is left out of its mean, said in a footnote line.
+    TAP-Vid: a line with the pooled error shares. Then a line per filter of ``stats["filters"]`` (summed counts)."""
     kind = records[0]["kind"]
     cols = TAPVID_COLUMNS if kind == "tapvid" else BADJA_COLUMNS
     extra = sorted({k for r in records for k, v in r["stats"].items()
@@ -74,21 +91,78 @@ def markdown_table(records, title):
 
     for r in records:
         lines.append(row(r["video"], str(r["num_queries"]), r["metrics"], r["seconds"], r["peak_rss_mb"], r["stats"]))
-    mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None
     lines.append(row(f"**mean ({len(records)})**", str(sum(r["num_queries"] for r in records)),
-                     {c[0]: mean([r["metrics"].get(c[0]) for r in records]) for c in cols},
-                     mean([r["seconds"] for r in records]), mean([r["peak_rss_mb"] for r in records]),
-                     {k: mean([r["stats"].get(k) for r in records]) for k in extra}))
-    return "\n".join(lines) + "\n"
+                     {c[0]: _mean([r["metrics"].get(c[0]) for r in records]) for c in cols},
+                     _mean([r["seconds"] for r in records]), _mean([r["peak_rss_mb"] for r in records]),
+                     {k: _mean([r["stats"].get(k) for r in records]) for k in extra}))
+    notes = []
+    for key, label in cols:
+        left_out = [f"{r['video']} ({NO_PAIR.get(key, 'no value') if key in r['metrics'] else 'not in its record'})"
+                    for r in records if _mean([r["metrics"].get(key)]) is None]
+        if left_out:
+            notes.append(f"{label}: mean over {len(records) - len(left_out)} of {len(records)} videos; left out: "
+                         + ", ".join(left_out))
+    p = pooled(records) if kind == "tapvid" else {}
+    if p:
+        notes.append("pooled over all scored pairs: " + ", ".join(
+            f"{label} {_fmt(p[f'pooled_{key}'], True)} %" for key, label in cols if f"pooled_{key}" in p))
+    for name, c in filters_total(records).items():
+        rej, wrong = c.get("rejected", 0), c.get("rejected_wrong", 0)
+        notes.append(f"filter {name}: rejected {rej} candidates, of which {wrong} "
+                     f"({_fmt(wrong / rej if rej else None, True)} %) truly wrong")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def summarize(records):
+    """The mean row: each metric's mean over videos (fractions; a video without a value left out), seconds, peak MB."""
     kind = records[0]["kind"]
     cols = TAPVID_COLUMNS if kind == "tapvid" else BADJA_COLUMNS
-    s = {c[0]: float(np.mean([r["metrics"][c[0]] for r in records])) for c in cols}
-    s.update(videos=len(records), seconds_mean=float(np.mean([r["seconds"] for r in records])),
-             peak_rss_mb_max=float(np.max([r["peak_rss_mb"] for r in records])))
+    s = {c[0]: _mean([r["metrics"].get(c[0]) for r in records]) for c in cols}
+    mem = [r["peak_rss_mb"] for r in records if r.get("peak_rss_mb") is not None]
+    s.update(videos=len(records), seconds_mean=_mean([r.get("seconds") for r in records]),
+             peak_rss_mb_max=float(np.max(mem)) if mem else None)
     return s
+
+
+def pooled(records):
+    """TAP-Vid error shares over the scored pairs of all videos together: ``pooled_<share>`` = total count / total
+    count (None where the total denominator is 0). A share is absent when a record lacks its counts."""
+    out = {}
+    for key, num, den in POOLED:
+        if all(num in r["metrics"] and den in r["metrics"] for r in records):
+            n, d = sum(r["metrics"][num] for r in records), sum(r["metrics"][den] for r in records)
+            out[f"pooled_{key}"] = n / d if d else None
+    return out
+
+
+def filters_total(records):
+    """{filter name: {count name: sum over videos}} of the integer counts in each record's ``stats["filters"]``."""
+    total = {}
+    for r in records:
+        for name, counts in r["stats"].get("filters", {}).items():
+            t = total.setdefault(name, {})
+            for k, v in counts.items():
+                if isinstance(v, int):
+                    t[k] = t.get(k, 0) + v
+    return total
+
+
+def summary(records, config_name, mode):
+    """Content of summary.json: config, mode, the mean row; TAP-Vid: pooled shares; ``filters_total`` if reported."""
+    s = {"config": config_name, "mode": mode, "mean": summarize(records)}
+    if records[0]["kind"] == "tapvid":
+        s.update(pooled(records))
+    if any("filters" in r["stats"] for r in records):
+        s["filters_total"] = filters_total(records)
+    return s
+
+
+def write_results(out, records, title, config_name, mode):
+    """Write ``out/table.md`` and ``out/summary.json`` of per-video records; returns the table."""
+    table = markdown_table(records, title)
+    save_text(os.path.join(out, "table.md"), table)
+    save_json(os.path.join(out, "summary.json"), summary(records, config_name, mode))
+    return table
 
 
 def main(argv=None):
@@ -104,9 +178,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         if args.worker:
-            pred = os.path.join(args.out, os.path.basename(args.worker) + ".npz") if args.save_pred else None
-            run_one(args.config, args.worker, args.mode,
-                    os.path.join(args.out, os.path.basename(os.path.normpath(args.worker)) + ".json"), pred)
+            name = os.path.basename(os.path.normpath(args.worker))
+            pred = os.path.join(args.out, name + ".npz") if args.save_pred else None
+            run_one(args.config, args.worker, args.mode, os.path.join(args.out, name + ".json"), pred)
             return 0
         from pitrack import load_config
         from tqdm import tqdm
@@ -139,18 +213,14 @@ def main(argv=None):
                     rec = json.load(f)
             records.append(rec)
             m = rec["metrics"]
-            shown = " ".join(f"{k}={100 * m[k]:.1f}" for k, _ in (TAPVID_COLUMNS if rec["kind"] == "tapvid" else BADJA_COLUMNS))
+            shown = " ".join(f"{k}={_fmt(m.get(k), True)}" for k, _ in (TAPVID_COLUMNS if rec["kind"] == "tapvid" else BADJA_COLUMNS))
             print(f"{name}: {shown} {rec['seconds']:.1f}s {rec['peak_rss_mb']:.0f}MB", file=sys.stderr)
         kinds = {r["kind"] for r in records}
         if len(kinds) > 1:
             raise PitrackError(f"{args.data} mixes TAP-Vid and BADJA folders; benchmark them separately")
         title = f"{config.name} on {os.path.basename(os.path.normpath(args.data))}" + \
                 (f", query-{args.mode}" if records[0]["kind"] == "tapvid" else "")
-        table = markdown_table(records, title)
-        save_text(os.path.join(args.out, "table.md"), table)
-        save_json(os.path.join(args.out, "summary.json"), {"config": config.name, "mode": args.mode,
-                                                            "mean": summarize(records)})
-        print(table)
+        print(write_results(args.out, records, title, config.name, args.mode))
     except PitrackError as e:
         print(f"eval.bench: error: {e}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ import numpy as np
 
 from eval.datasets import TapVidVideo, list_video_folders, open_video_folder
 from eval.metrics import evaluation_frames
-from pitrack.coords import SCORING_SIZE, scale_sigma, scale_xy
-from pitrack.errors import InputError, PitrackError
+from core.coords import SCORING_SIZE, scale_sigma, scale_xy
+from core.errors import InputError, PitrackError
 
 
 def sigma_errors(video, result, mode):

@@ -2,7 +2,8 @@
 
     python -m eval.compare results/klt-davis32-first results/mft-davis32-first ...
 
-Prints a Markdown table: results folder, config, mode, videos, metrics (%), mean seconds per video
+Prints a Markdown table: results folder, config, mode, videos, metrics (%; TAP-Vid: AJ, <δ avg, OA and the error
+shares occ→vis, vis→occ, >16px, each the mean over the videos that have a value), mean seconds per video
 (with flow, per-video optimisation and tracking seconds when the tracker reports them), mean flow-cache MB, max peak MB.
 """
 import argparse
@@ -13,8 +14,8 @@ import sys
 
 import numpy as np
 
-from eval.bench import BADJA_COLUMNS, TAPVID_COLUMNS
-from pitrack.errors import InputError
+from eval.bench import BADJA_COLUMNS, TAPVID_COLUMNS, _fmt, _mean
+from core.errors import InputError
 
 
 def load_records(folder):
@@ -36,11 +37,11 @@ def compare_table(folders):
         kinds.add(recs[0]["kind"])
         cols = TAPVID_COLUMNS if recs[0]["kind"] == "tapvid" else BADJA_COLUMNS
         mean = lambda key: float(np.mean([r["stats"].get(key, np.nan) for r in recs]))
-        rows.append([os.path.basename(os.path.normpath(folder)), recs[0]["config"], recs[0]["mode"], str(len(recs))]
-                    + [f"{100 * np.mean([r['metrics'][c] for r in recs]):.1f}" for c, _ in cols]
-                    + [f"{np.mean([r['seconds'] for r in recs]):.1f}"]
+        rows.append([os.path.basename(os.path.normpath(folder)), recs[0].get("config") or "–", recs[0]["mode"], str(len(recs))]
+                    + [_fmt(_mean([r["metrics"].get(c) for r in recs]), True) for c, _ in cols]
+                    + [_fmt(_mean([r.get("seconds") for r in recs]))]
                     + [("–" if np.isnan(mean(k)) else f"{mean(k):.1f}") for k in ("flow_s", "tto_s", "track_s", "cache_mb")]
-                    + [f"{max(r['peak_rss_mb'] for r in recs):.0f}"])
+                    + [_fmt_mb(max((r["peak_rss_mb"] for r in recs if r.get("peak_rss_mb") is not None), default=None))])
     if len(kinds) > 1:
         raise InputError("compare TAP-Vid and BADJA results in separate tables")
     cols = TAPVID_COLUMNS if kinds == {"tapvid"} else BADJA_COLUMNS
@@ -48,6 +49,10 @@ def compare_table(folders):
            ["s/video", "flow s", "opt s", "track s", "cache MB", "max peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _fmt_mb(v):
+    return "–" if v is None else f"{v:.0f}"
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from pitrack.errors import InputError
+from core.errors import InputError
 from pitrack.video import list_frame_files, load_video
 
 STRIDE = 5  # TAP-Vid query-strided: every 5th frame
@@ -63,14 +63,16 @@ class TapVidVideo:
         return np.array(rows, np.float32).reshape(-1, 3), np.array(index, int)
 
     def score(self, pred_tracks, pred_visible, mode):
-        """TAP-Vid metrics for a prediction made with ``self.queries(mode)`` (original px in, 256 raster scored)."""
-        from eval.metrics import tapvid_metrics
-        from pitrack.coords import SCORING_SIZE, scale_xy
+        """TAP-Vid metrics and error shares (eval.metrics) for a prediction made with ``self.queries(mode)``
+        (original px in, 256 raster scored)."""
+        from eval.metrics import tapvid_error_shares, tapvid_metrics
+        from core.coords import SCORING_SIZE, scale_xy
         queries, index = self.queries(mode)
         _check_prediction(pred_tracks, pred_visible, queries.shape[0], self.num_frames)
         hw = self.size_hw
-        return tapvid_metrics(queries[:, 0], scale_xy(self.points[index], hw, SCORING_SIZE), self.occluded[index],
-                              scale_xy(pred_tracks, hw, SCORING_SIZE), ~np.asarray(pred_visible, bool), mode)
+        args = (queries[:, 0], scale_xy(self.points[index], hw, SCORING_SIZE), self.occluded[index],
+                scale_xy(pred_tracks, hw, SCORING_SIZE), ~np.asarray(pred_visible, bool), mode)
+        return {**tapvid_metrics(*args), **tapvid_error_shares(*args)}
 
 
 class BadjaVideo:

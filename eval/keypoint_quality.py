@@ -24,8 +24,8 @@ import numpy as np
 
 from eval.datasets import list_video_folders, open_video_folder
 from eval.metrics import evaluation_frames
-from pitrack.coords import SCORING_SIZE, scale_xy
-from pitrack.errors import PitrackError
+from core.coords import SCORING_SIZE, scale_xy
+from core.errors import PitrackError
 
 
 def _median(x):

@@ -13,10 +13,14 @@ query-strided — every frame but the query frame. Over the evaluation frames of
     <δ^x_avg  = mean over δ of <δ;   AJ = mean over δ of Jaccard_δ.
 
 The comparison is strict (<). Scores are averaged per video first, then over videos.
+
+Error shares (not part of TAP-Vid; same evaluation frames): occ→vis = |{gt occluded, pred visible}| / |{gt occluded}|,
+vis→occ = |{gt visible, pred occluded}| / |{gt visible}|, >16px = |{gt visible, ‖pred − gt‖ > 16}| / |{gt visible}|.
 """
 import numpy as np
 
 THRESHOLDS = (1, 2, 4, 8, 16)
+FAR = 16  # px in the 256×256 raster: a gt-visible position further off than this is a gross error
 
 
 def evaluation_frames(query_t, num_frames, mode):
@@ -54,6 +58,29 @@ def tapvid_metrics(query_t, gt_tracks, gt_occluded, pred_tracks, pred_occluded, 
     out["delta_avg"] = float(np.mean(deltas))
     out["AJ"] = float(np.mean(jaccards))
     return out
+
+
+def tapvid_error_shares(query_t, gt_tracks, gt_occluded, pred_tracks, pred_occluded, mode):
+    """Visibility errors and gross position errors of one video, over the evaluation frames of ``tapvid_metrics``.
+
+    Args: ``query_t`` [M]; tracks [M, T, 2] (x, y) in the 256×256 raster; occluded bool [M, T]; mode first|strided.
+    Returns a dict: ``occ_called_visible`` (share of scored gt-occluded pairs predicted visible),
+    ``vis_called_occluded`` (share of scored gt-visible pairs predicted occluded), ``vis_far16`` (share of scored
+    gt-visible pairs with ‖pred − gt‖ > 16, whatever the predicted visibility), each NaN where it has no pair,
+    and the counts ``n_occ``, ``n_vis``, ``n_occ_called_visible``, ``n_vis_called_occluded``, ``n_vis_far16``.
+    """
+    gt_vis = ~np.asarray(gt_occluded, bool)
+    pred_vis = ~np.asarray(pred_occluded, bool)
+    evalf = evaluation_frames(query_t, gt_vis.shape[1], mode)
+    dist = np.linalg.norm(np.asarray(pred_tracks, np.float64) - np.asarray(gt_tracks, np.float64), axis=-1)
+    occ, vis = ~gt_vis & evalf, gt_vis & evalf
+    n = {"n_occ": int(np.sum(occ)), "n_vis": int(np.sum(vis)),
+         "n_occ_called_visible": int(np.sum(occ & pred_vis)), "n_vis_called_occluded": int(np.sum(vis & ~pred_vis)),
+         "n_vis_far16": int(np.sum(vis & (dist > FAR)))}
+    share = lambda a, b: a / b if b else float("nan")
+    return {"occ_called_visible": share(n["n_occ_called_visible"], n["n_occ"]),
+            "vis_called_occluded": share(n["n_vis_called_occluded"], n["n_vis"]),
+            "vis_far16": share(n["n_vis_far16"], n["n_vis"]), **n}
 
 
 def badja_pck(pred_xy, gt_xy, gt_visible, mask_areas, frame_hw, score_frames):

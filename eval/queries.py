@@ -8,8 +8,8 @@ import sys
 import numpy as np
 
 from eval.datasets import open_video_folder
-from pitrack.atomic import atomic_path
-from pitrack.errors import PitrackError
+from core.atomic import atomic_path
+from core.errors import PitrackError
 
 
 def main(argv=None):

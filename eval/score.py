@@ -4,23 +4,29 @@
 
 The prediction must be made with that video's queries for the mode (``python -m eval.queries`` writes
 them): tracks in file order; strided: for each track, its query frames ascending. TAP-Vid folders print
-{"AJ", "delta_avg", "OA"} (fractions); BADJA folders print {"PCK_seg", "PCK_3px"}.
+{"AJ", "delta_avg", "OA", "occ_called_visible", "vis_called_occluded", "vis_far16"} (fractions; a share with no
+pair is NaN) and the counts {"n_occ", "n_vis", "n_occ_called_visible", "n_vis_called_occluded", "n_vis_far16"};
+BADJA folders print {"PCK_seg", "PCK_3px"}.
 """
 import argparse
 import json
 import sys
+import zipfile
 
 import numpy as np
 
 from eval.datasets import open_video_folder
-from pitrack.errors import InputError, PitrackError
+from core.errors import InputError, PitrackError
+
+TAPVID_KEYS = ("AJ", "delta_avg", "OA", "occ_called_visible", "vis_called_occluded", "vis_far16",
+               "n_occ", "n_vis", "n_occ_called_visible", "n_vis_called_occluded", "n_vis_far16")
 
 
 def load_prediction(path):
     try:
         d = np.load(path, allow_pickle=False)
         return {k: d[k] for k in d.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"cannot read prediction {path}: {e}") from None
 
 
@@ -52,7 +58,7 @@ def main(argv=None):
         print(f"eval.score: error: {e}", file=sys.stderr)
         return 2
     if not args.all:
-        keys = ("AJ", "delta_avg", "OA") if video.kind == "tapvid" else ("PCK_seg", "PCK_3px")
+        keys = TAPVID_KEYS if video.kind == "tapvid" else ("PCK_seg", "PCK_3px")
         m = {k: m[k] for k in keys}
     print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}))
     return 0

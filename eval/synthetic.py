@@ -110,7 +110,7 @@ def make_clip(num_frames=40, size_hw=(240, 320), seed=0, num_points=64):
 def write_clip(folder, video, points, occluded, name="synthetic"):
     """Write a clip as a TAP-Vid format folder."""
     import cv2
-    from pitrack.atomic import save_json, save_npz
+    from core.atomic import save_json, save_npz
     os.makedirs(os.path.join(folder, "frames"), exist_ok=True)
     for t, f in enumerate(video):
         cv2.imwrite(os.path.join(folder, "frames", f"{t:05d}.png"), f[..., ::-1])

@@ -18,32 +18,30 @@ Models load lazily, so a video whose features are cached never builds one.
   ``norm.*``; chunked ``blocks.<c>.<i>.*`` and ``module.`` / ``backbone.`` / ``teacher.backbone.``
   prefixes accepted) or a timm-format file (.pth/.bin/.safetensors with timm's names); ``mask_token``
   and a classifier ``head.*`` are ignored, everything else must fit exactly.
+* ``geoaware``: GeoAware-SC (features/geoaware.py): DINOv2 ViT-B/14 block-11 pre-norm tokens through the
+  official aggregation network (``best_856.PTH``); PARTIAL here (DINO branch only, no Stable Diffusion).
+  Stride 14, offset 6.5, 768 channels.
 """
 import collections
 import re
 
 import numpy as np
 
-from pitrack.errors import ConfigError, WeightsError
-from pitrack.paths import resolve_weights
+from core.errors import ConfigError, WeightsError
+from core.devices import resolve_device
+from core.paths import file_sha256, resolve_weights
+from core.raft_model import DEFAULT_FILES, DOWNLOAD_ID, load_raft
 
 DINO_MODELS = {
     # backbone name: (timm model, default checkpoint file (official DINOv2 name), channels)
     "dinov2_vits14": ("vit_small_patch14_dinov2", "dinov2_vits14_pretrain.pth", 384),
     "dinov2_vitb14": ("vit_base_patch14_dinov2", "dinov2_vitb14_pretrain.pth", 768),
 }
-BACKBONES = ("raft_small",) + tuple(DINO_MODELS)
+BACKBONES = ("raft_small",) + tuple(DINO_MODELS) + ("geoaware",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def resolve_device(device, what="features.device"):
-    import torch
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{what} is '{device}' but no CUDA device is available")
-    return str(device)
 
 
 def _to_tensor(frames, device):
@@ -66,22 +64,19 @@ class RaftEncoder:
     channels = 128
 
     def __init__(self, weights="", allow_download=False, device="auto"):
-        from flow.raft import DEFAULT_FILES
         self.weights_path = resolve_weights(DEFAULT_FILES["raft_small"], explicit=weights or None,
                                             allow_download=allow_download)
         self.allow_download = allow_download
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "features.device")
         self._net = None
 
     def cache_id(self):
-        from flow.raft import DOWNLOAD_ID, file_sha256
         return {"backbone": self.name, "weights": DOWNLOAD_ID if self.weights_path is None
                 else file_sha256(self.weights_path)}
 
     @property
     def net(self):
         if self._net is None:
-            from flow.raft import load_raft
             model = load_raft("raft_small", self.weights_path, self.allow_download, self.device)
             self._net = model.feature_encoder.eval().requires_grad_(False)
             self.source = model.pitrack_weights
@@ -199,12 +194,11 @@ class DinoV2:
         self.seed = int(seed)
         self.weights_path = None if self.random_init else resolve_weights(DINO_MODELS[name][1],
                                                                            explicit=weights or None)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "features.device")
         self._net = None
 
     def cache_id(self):
         import timm
-        from flow.raft import file_sha256
         w = f"random-init-seed{self.seed}-timm{timm.__version__}" if self.random_init else file_sha256(self.weights_path)
         return {"backbone": self.name, "weights": w}
 
@@ -233,10 +227,14 @@ def make_backbone(cfg, seed=0):
     """The backbone of a FeatureConfig (models load on first call)."""
     if cfg.backbone == "raft_small":
         if cfg.random_init:
-            raise ConfigError("features.random_init is for DINOv2 backbones (raft_small always loads its checkpoint)")
+            raise ConfigError("features.random_init is for the DINOv2 / geoaware backbones (raft_small always loads "
+                              "its checkpoint)")
         return RaftEncoder(cfg.weights, cfg.allow_download, cfg.device)
     if cfg.backbone in DINO_MODELS:
         return DinoV2(cfg.backbone, cfg.weights, cfg.random_init, cfg.device, seed)
+    if cfg.backbone == "geoaware":
+        from features.geoaware import GeoAware
+        return GeoAware(cfg.weights, cfg.aggregation_weights, cfg.random_init, cfg.device, seed)
     raise ConfigError(f"unknown features.backbone '{cfg.backbone}' (known: {', '.join(BACKBONES)})")
 
 
@@ -244,8 +242,10 @@ def default_weights_file(backbone):
     """The file looked for in $PITRACK_WEIGHTS for ``backbone``."""
     if backbone == "raft_small":
         return "raft-small.pth"
+    if backbone == "geoaware":      # its DINOv2; the aggregation network is $PITRACK_WEIGHTS/best_856.PTH
+        return DINO_MODELS["dinov2_vitb14"][1]
     return DINO_MODELS[backbone][1] if backbone in DINO_MODELS else None
 
 
 __all__ = ["BACKBONES", "DINO_MODELS", "DinoV2", "RaftEncoder", "build_dinov2", "dinov2_state_dict",
-           "make_backbone", "resolve_device", "default_weights_file"]
+           "make_backbone", "default_weights_file"]

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from features.backbones import make_backbone
 from features.grid import FeatureGrid, feature_image_hw
-from pitrack.atomic import atomic_path, discard_cache_file
+from core.images import resize_video
+from core.atomic import atomic_path, discard_cache_file
 
 CACHE_FORMAT = 1
 
@@ -29,11 +30,6 @@ class FeatureSet(typing.NamedTuple):
     grid: FeatureGrid      # geometry (stride, offset, sizes; see features/grid.py)
     key: str               # cache key (also identifies the features for downstream caches)
     stats: dict            # features_s, backbone_evals (frames through the backbone), features_loaded, ...
-
-
-def _resize(video, hw):
-    from flow.bank import resize_video
-    return resize_video(video, hw)
 
 
 def _load(path, key, shape):
@@ -80,7 +76,7 @@ def video_features(video, cfg, cache_dir=None, progress=False, seed=0, backbone=
     bb = backbone if backbone is not None else make_backbone(cfg, seed)
     image_hw = feature_image_hw(cfg.resolution, video.shape[1:3], bb.stride)
     grid = FeatureGrid(tuple(int(v) for v in image_hw), int(bb.stride), float(bb.offset))
-    images = _resize(video, image_hw)
+    images = resize_video(video, image_hw)
     h = hashlib.sha256(repr(images.shape).encode())
     h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
     fields = dict(bb.cache_id(), format=CACHE_FORMAT, image_hw=list(image_hw), frames=h.hexdigest()[:16])

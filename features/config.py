@@ -6,12 +6,15 @@ import dataclasses
 class FeatureConfig:
     # raft_small: the feature encoder of the pretrained RAFT-small (stride 8, 128 channels; the default here)
     # dinov2_vits14 / dinov2_vitb14: DINOv2 ViT-S/14 (384 channels) / ViT-B/14 (768) through timm (stride 14)
-    backbone: str = "raft_small"
+    # geoaware: GeoAware-SC, DINOv2 ViT-B/14 block 11 + the official aggregation network (768, stride 14);
+    #   PARTIAL here: only its DINO branch (no Stable Diffusion), see features/geoaware.py
+    backbone: str
     # Target size of the *feature image* (the frames resized before the backbone), see
-    # pitrack.coords.parse_resolution; each side is then rounded to a multiple of the backbone's stride.
-    resolution: str = "512x288"
-    weights: str = ""             # explicit checkpoint; empty: $PITRACK_WEIGHTS/<raft-small.pth | dinov2_vit{s,b}14_pretrain.pth>
-    allow_download: bool = False  # raft_small only: torchvision's own download when no file is found (needs internet)
-    random_init: bool = False     # DINOv2 only: random weights seeded by the config seed (tests; meaningless features)
-    batch_size: int = 4           # frames per backbone call
-    device: str = "auto"          # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    # core.coords.parse_resolution; each side is then rounded to a multiple of the backbone's stride.
+    resolution: str
+    weights: str  # explicit checkpoint; empty: $PITRACK_WEIGHTS/<raft-small.pth | dinov2_vit{s,b}14_pretrain.pth>
+    aggregation_weights: str  # geoaware only: the GeoAware-SC aggregation checkpoint; empty: $PITRACK_WEIGHTS/best_856.PTH
+    allow_download: bool  # raft_small only: torchvision's own download when no file is found (needs internet)
+    random_init: bool  # DINOv2 / geoaware only: random weights seeded by the config seed (tests; meaningless features)
+    batch_size: int  # frames per backbone call
+    device: str  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N

@@ -8,7 +8,7 @@ Three rasters are involved:
 * the *feature grid*: the backbone's output, ``grid_hw`` = (H_f / s, W_f / s) cells.
 
 Cell (i, j) of the grid describes the feature-image point x = offset + s·j, y = offset + s·i in the
-pixel-centre convention (index space, see pitrack.coords). ``offset`` is a property of the backbone:
+pixel-centre convention (index space, see core.coords). ``offset`` is a property of the backbone:
 
 * a patch embedding (kernel = stride = s, no padding, ViT): cell j covers pixels [s·j, s·j + s − 1],
   centre ``offset = (s − 1) / 2`` (6.5 for s = 14);
@@ -27,8 +27,8 @@ import typing
 
 import numpy as np
 
-from pitrack.coords import parse_resolution
-from pitrack.errors import ConfigError
+from core.coords import parse_resolution
+from core.errors import ConfigError
 
 
 def feature_image_hw(spec, original_hw, stride):

@@ -7,50 +7,32 @@ directions (the forward–backward check needs both), batched, and kept in memor
 Disk cache (``cache_dir`` given): ``<cache_dir>/flows/<key>/<a>_<b>.npz`` (a < b), one file per
 unordered pair holding both flows as float16, written atomically. ``key`` is a short hash of
 everything that determines the stored flows: cache format, backend, working resolution, RAFT
-iterations and the sha256 of the weights file (or 'torchvision-download') / the DIS preset, a
-fingerprint of the working-resolution frames, and the uncertainty estimator's token when its output
-would have to be stored (the FB estimator's output is recomputed from the two flows on load, so its
-parameters are not in the key). Each file also records the key, the pair and the shape; a file that
+iterations and the sha256 of the weights file (or 'torchvision-download') / the DIS preset, and a
+fingerprint of the working-resolution frames (occlusion and variance are recomputed from the two flows
+at the sampled points, so their parameters are not in the key). Each file also records the key, the pair and the shape; a file that
 does not load or does not match (key, pair, shape, dtype, finiteness) is deleted and recomputed.
 """
-import collections
 import hashlib
 import json
 import os
 import time
-import typing
 import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
 from flow.config import FlowConfig
-from flow.occlusion import make_uncertainty
-from pitrack.atomic import atomic_path, discard_cache_file, save_json
-from pitrack.coords import parse_resolution
-from pitrack.errors import ConfigError, InputError
+from flow.occlusion import FBUncertainty
+from core.atomic import atomic_path, discard_cache_file, save_json
+from core.coords import parse_resolution
+from core.images import resize_video
+from core.errors import ConfigError, InputError
 
 CACHE_FORMAT = 1     # bump when the meaning of stored flows changes (padding, normalisation, layout)
-_LRU_FIELDS = 16     # FlowFields (float32 flow + occlusion + variance) kept ready for repeated get()
 
 
-class FlowField(typing.NamedTuple):
-    """Flow from frame a to frame b at working resolution (arrays are read-only)."""
-    flow: np.ndarray       # float32 [2, h, w]: (dx, dy) working px, pixel-centre convention
-    occlusion: np.ndarray  # float32 [h, w] in [0, 1]: probability that the pixel of frame a is not visible in b
-    var: np.ndarray        # float32 [h, w]: per-axis variance of the flow end point, working px²
 
 
-def sample_from_fields(get, pairs, points):
-    """[G, M, 4] (dx, dy, occlusion, variance) of pairs at points from whole FlowFields ``get(a, b)``."""
-    import torch
-    from flow.sampling import sample_fields
-    fields = []
-    for a, b in pairs:
-        f = get(a, b)
-        fields.append(np.concatenate([np.asarray(f.flow, np.float32), np.asarray(f.occlusion, np.float32)[None],
-                                      np.asarray(f.var, np.float32)[None]], 0))
-    return sample_fields(torch.from_numpy(np.stack(fields)), points)
 
 
 def make_backend(cfg):
@@ -64,17 +46,6 @@ def make_backend(cfg):
     raise ConfigError(f"unknown flow.backend '{cfg.backend}' (known: raft_small, raft_large, dis)")
 
 
-def resize_video(video, hw):
-    """uint8 [T, H, W, 3] -> [T, h, w, 3]: INTER_AREA when shrinking (anti-aliased), bilinear when enlarging."""
-    import cv2
-    h, w = hw
-    if video.shape[1:3] == (h, w):
-        return np.ascontiguousarray(video)
-    interp = cv2.INTER_AREA if (h <= video.shape[1] and w <= video.shape[2]) else cv2.INTER_LINEAR
-    out = np.empty((video.shape[0], h, w, 3), np.uint8)
-    for i, f in enumerate(video):
-        out[i] = cv2.resize(f, (w, h), interpolation=interp)
-    return out
 
 
 def _folder_mb(folder):
@@ -104,15 +75,11 @@ class FlowBank:
         self.frames = resize_video(video, self.working_hw)   # uint8 [T, h, w, 3] at working resolution
         resize_s = time.perf_counter() - t0
         self._backend = make_backend(cfg)
-        self._uncertainty = make_uncertainty(cfg)
-        if self._uncertainty.needs_network_state:
-            raise ConfigError(f"flow.uncertainty '{cfg.uncertainty}' needs the network's state, which the flow "
-                              f"bank does not provide yet")
+        self._uncertainty = FBUncertainty.from_config(cfg)
         self.key_fields = self._key_fields()
         self.key = hashlib.sha256(json.dumps(self.key_fields, sort_keys=True).encode()).hexdigest()[:16]
         self.cache_folder = os.path.join(os.fspath(cache_dir), "flows", self.key) if cache_dir is not None else None
         self._flows = {}                              # (a, b) -> float16 [2, h, w], flow a -> b
-        self._fields = collections.OrderedDict()     # LRU of FlowField
         self._stats = dict(flow_s=0.0, flow_pairs_computed=0, flow_pairs_loaded=0, network_evals=0,
                            cache_files_rejected=0, load_s=0.0, save_s=0.0, resize_s=resize_s)
 
@@ -121,12 +88,8 @@ class FlowBank:
     def _key_fields(self):
         h = hashlib.sha256(repr(self.frames.shape).encode())
         h.update(np.ascontiguousarray(self.frames[:, ::2, ::2]).tobytes())
-        fields = dict(self._backend.cache_id(), format=CACHE_FORMAT, working_hw=list(self.working_hw),
-                      frames=h.hexdigest()[:16])
-        token = self._uncertainty.cache_token()
-        if token is not None:
-            fields["uncertainty"] = token
-        return fields
+        return dict(self._backend.cache_id(), format=CACHE_FORMAT, working_hw=list(self.working_hw),
+                    frames=h.hexdigest()[:16])
 
     def _pair_path(self, a, b):
         return os.path.join(self.cache_folder, f"{a:06d}_{b:06d}.npz")
@@ -254,41 +217,24 @@ class FlowBank:
                 want.append(p)
         self._ensure(want)
 
-    def get(self, a, b) -> FlowField:
-        """Flow from frame ``a`` to frame ``b`` with its occlusion probability and variance (computed if needed)."""
+    def flow(self, a, b):
+        """Flow from frame ``a`` to frame ``b``: float32 [2, h, w] working px (computed or loaded if needed)."""
         a, b = self._check_index(a), self._check_index(b)
-        if (a, b) in self._fields:
-            self._fields.move_to_end((a, b))
-            return self._fields[(a, b)]
         if a == b:
-            flow_ab = flow_ba = np.zeros(self._shape(), np.float32)
-        else:
-            self._ensure([(min(a, b), max(a, b))])
-            flow_ab = self._flows[(a, b)].astype(np.float32)
-            flow_ba = self._flows[(b, a)].astype(np.float32)
-        occ, var = self._uncertainty(flow_ab, flow_ba)
-        field = FlowField(flow_ab, np.asarray(occ, np.float32), np.asarray(var, np.float32))
-        for arr in field:
-            arr.flags.writeable = False
-        self._fields[(a, b)] = field
-        if len(self._fields) > _LRU_FIELDS:
-            self._fields.popitem(last=False)
-        return field
+            return np.zeros(self._shape(), np.float32)
+        self._ensure([(min(a, b), max(a, b))])
+        return self._flows[(a, b)].astype(np.float32)
 
     def sample(self, pairs, points):
         """Flow, occlusion and variance of G frame pairs at G point sets, in one batch.
 
         ``pairs``: G pairs (a, b); ``points``: torch float [G, M, 2] (x, y) working px, pixel-centre
         convention, positions in frame a. Returns torch float32 [G, M, 4]: dx, dy (px), occlusion
-        probability, variance (px²) of the flow a → b at each point. With an estimator that works at
-        points (the FB check) only the sampled points are evaluated: F_ab at p, then F_ba at
-        q = p + F_ab(p); otherwise whole fields come from :meth:`get`.
+        probability, variance (px²) of the flow a → b at each point. Only the sampled points are
+        evaluated: F_ab at p, then F_ba at q = p + F_ab(p), then the FB formulas (flow/occlusion.py).
         """
         import torch
-        from flow.sampling import sample_fields
-        at_points = getattr(self._uncertainty, "at_points", None)
-        if at_points is None:
-            return sample_from_fields(self.get, pairs, points)
+        from core.sampling import sample_fields
         pairs = [(self._check_index(a), self._check_index(b)) for a, b in pairs]
         self._ensure(sorted({(min(a, b), max(a, b)) for a, b in pairs if a != b}))
         zeros = np.zeros(self._shape(), np.float16)
@@ -299,7 +245,7 @@ class FlowBank:
         d_ba = sample_fields(fba, q)
         h, w = self.working_hw
         outside = ((q[..., 0] < -0.5) | (q[..., 0] > w - 0.5) | (q[..., 1] < -0.5) | (q[..., 1] > h - 0.5)).numpy()
-        occ, var = at_points(d_ab.numpy(), d_ba.numpy(), outside)
+        occ, var = self._uncertainty.at_points(d_ab.numpy(), d_ba.numpy(), outside)
         return torch.cat([d_ab, torch.from_numpy(occ)[..., None], torch.from_numpy(var)[..., None]], -1)
 
     def has(self, a, b):

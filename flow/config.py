@@ -4,18 +4,17 @@ import dataclasses
 
 @dataclasses.dataclass
 class FlowConfig:
-    backend: str = "raft_small"   # raft_small | raft_large | dis
-    resolution: str = "native"    # working resolution of the flow stage, see pitrack.coords.parse_resolution
-    iterations: int = 12          # RAFT refinement iterations
-    weights: str = ""             # explicit checkpoint path; empty: $PITRACK_WEIGHTS/<default file>, else torchvision download
-    batch_size: int = 4           # frame pairs per network evaluation
-    dis_preset: str = "medium"    # OpenCV DIS preset: ultrafast | fast | medium
-    allow_download: bool = True   # no checkpoint file found: let torchvision download its own RAFT weights (needs internet)
-    device: str = "auto"          # RAFT device: auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    backend: str  # raft_small | raft_large | dis
+    resolution: str  # working resolution of the flow stage, see core.coords.parse_resolution
+    iterations: int  # RAFT refinement iterations
+    weights: str  # explicit checkpoint path; empty: $PITRACK_WEIGHTS/<default file>, else torchvision download
+    batch_size: int  # frame pairs per network evaluation
+    dis_preset: str  # OpenCV DIS preset: ultrafast | fast | medium
+    allow_download: bool  # no checkpoint file found: let torchvision download its own RAFT weights (needs internet)
+    device: str  # RAFT device: auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     # Occlusion / uncertainty of every flow field (see flow/occlusion.py for the formulas and why).
-    uncertainty: str = "fb"       # fb: forward–backward consistency (the only one so far; a learned head comes later)
-    fb_tau: float = 1.0           # τ0 (working px): FB residual scale of a visible pixel; p_occ(r=τ0) ≈ 0.39, (2τ0) ≈ 0.86
-    fb_alpha: float = 0.01        # τ² = τ0² + α·(|F_ab|² + |F_ba(p+F_ab)|²): large motions are allowed larger residuals
-    var_floor: float = 0.25       # σ0² (working px²): per-axis flow variance the FB check cannot see (consistent errors)
-    var_gain: float = 0.25        # k in σ² = σ0² + k·r²; 0.25 = r²/4 is the per-axis variance estimate for i.i.d. errors
-    var_max: float = 1.0e4        # cap on σ² (px²); also the variance of pixels whose flow leaves the frame
+    fb_tau: float  # τ0 (working px): FB residual scale of a visible pixel; p_occ(r=τ0) ≈ 0.39, (2τ0) ≈ 0.86
+    fb_alpha: float  # τ² = τ0² + α·(|F_ab|² + |F_ba(p+F_ab)|²): large motions are allowed larger residuals
+    var_floor: float  # σ0² (working px²): per-axis flow variance the FB check cannot see (consistent errors)
+    var_gain: float  # k in σ² = σ0² + k·r²; 0.25 = r²/4 is the per-axis variance estimate for i.i.d. errors
+    var_max: float  # cap on σ² (px²); also the variance of pixels whose flow leaves the frame

@@ -1,7 +1,7 @@
 """OpenCV DIS optical flow (Kroeger et al. 2016) on grayscale frames: the fast, weight-free flow backend."""
 import numpy as np
 
-from pitrack.errors import ConfigError
+from core.errors import ConfigError
 
 PRESETS = ("ultrafast", "fast", "medium")
 

@@ -2,7 +2,7 @@
 
 All arrays are in working pixels, in the pixel-centre (index) convention: flow[:, i, j] is the
 displacement (dx, dy) of the pixel whose centre is at x = j, y = i. A frame of width w spans
-x in [-0.5, w - 0.5] in this convention (see pitrack.coords).
+x in [-0.5, w - 0.5] in this convention (see core.coords).
 
 Forward–backward (FB) residual
     r(p) = ‖F_ab(p) + F_ba(p + F_ab(p))‖,
@@ -30,16 +30,10 @@ vector has per-axis variance 2s² and E[r²] = 4s², so r²/4 (k = 0.25) is a on
 forward flow's per-axis variance s². The floor σ0² stands for the errors FB cannot see (both
 directions wrong the same way, e.g. in textureless regions or along edges — the aperture problem)
 and keeps every variance positive. The cap keeps it finite for points that left the frame.
-
-The estimator is pluggable (``FlowConfig.uncertainty``): a learned occlusion/uncertainty head on
-RAFT's hidden state (trained in a later issue) implements the same :class:`UncertaintyEstimator`
-protocol and is registered with :func:`register_uncertainty`.
 """
-import typing
-
 import numpy as np
 
-from pitrack.errors import ConfigError
+from core.errors import ConfigError
 
 
 def bilinear_sample(field, x, y):
@@ -113,32 +107,8 @@ def fb_occlusion_variance(flow_ab, flow_ba, tau=1.0, alpha=0.01, var_floor=0.25,
     return occ, var
 
 
-class UncertaintyEstimator(typing.Protocol):
-    """Turns the two flows of a frame pair into (occlusion [h, w] in [0, 1], variance [h, w] px²) of flow_ab.
-
-    ``cache_token``: None when the output is a pure function of the two stored flows (it is then
-    recomputed on load and never cached); otherwise a string identifying the estimator and its
-    weights, which the flow bank adds to its cache key because it would have to store the output.
-    ``needs_network_state``: True for a learned head that reads RAFT's hidden state; such an
-    estimator must run at flow time (the bank cannot recompute it from cached flows).
-    """
-
-    name: str
-    needs_network_state: bool
-
-    def cache_token(self) -> typing.Optional[str]: ...
-
-    def __call__(self, flow_ab: np.ndarray, flow_ba: np.ndarray) -> typing.Tuple[np.ndarray, np.ndarray]: ...
-
-    # optional: ``at_points(d_ab, d_ba, outside)`` -> (occlusion, variance) at sampled points only, which
-    # lets FlowBank.sample skip the whole-field computation (FBUncertainty has it; a learned head may not)
-
-
 class FBUncertainty:
     """The default estimator: forward–backward consistency with the parameters of a FlowConfig."""
-
-    name = "fb"
-    needs_network_state = False
 
     def __init__(self, tau=1.0, alpha=0.01, var_floor=0.25, var_gain=0.25, var_max=1.0e4):
         if tau <= 0 or alpha < 0 or var_floor <= 0 or var_gain < 0 or var_max < var_floor:
@@ -151,12 +121,6 @@ class FBUncertainty:
     def from_config(cls, cfg):
         return cls(cfg.fb_tau, cfg.fb_alpha, cfg.var_floor, cfg.var_gain, cfg.var_max)
 
-    def cache_token(self):
-        return None
-
-    def __call__(self, flow_ab, flow_ba):
-        return fb_occlusion_variance(flow_ab, flow_ba, **self.params)
-
     def at_points(self, d_ab, d_ba, outside):
         """The same formulas at single points: ``d_ab`` [..., 2] = F_ab(p), ``d_ba`` [..., 2] = F_ba(p + F_ab(p)),
         ``outside`` [...] (p + F_ab(p) left the frame). Returns occlusion [...] and variance [...] (numpy)."""
@@ -166,21 +130,3 @@ class FBUncertainty:
         tau2 = p["tau"] ** 2 + p["alpha"] * ((d_ab ** 2).sum(-1) + (d_ba ** 2).sum(-1))
         return (occlusion_probability(r, outside, tau2),
                 flow_variance(r, outside, p["var_floor"], p["var_gain"], p["var_max"]))
-
-
-_ESTIMATORS = {"fb": FBUncertainty.from_config}
-
-
-def register_uncertainty(name, factory):
-    """Make ``FlowConfig.uncertainty = name`` build ``factory(cfg)`` (an UncertaintyEstimator)."""
-    _ESTIMATORS[name] = factory
-
-
-def make_uncertainty(cfg) -> UncertaintyEstimator:
-    """The estimator selected by ``cfg.uncertainty``."""
-    try:
-        factory = _ESTIMATORS[cfg.uncertainty]
-    except KeyError:
-        raise ConfigError(f"unknown flow.uncertainty '{cfg.uncertainty}' (known: {', '.join(sorted(_ESTIMATORS))})") \
-            from None
-    return factory(cfg)

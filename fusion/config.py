@@ -2,20 +2,17 @@
 import dataclasses
 
 
-def _default_intervals():
-    return ["1", "2", "4", "8", "16", "32", "inf"]
-
 
 @dataclasses.dataclass
 class ChainConfig:
     # Δ of the candidates: flow(t−Δ → t) chained onto the estimate at t−Δ; 'inf' is the query frame itself
-    intervals: list[str] = dataclasses.field(default_factory=_default_intervals)
-    occlusion_threshold: float = 0.5   # a candidate is visible when its occlusion probability is below this
-    query_sigma: float = 0.5           # σ (working px) of the query position itself
+    intervals: list[str]
+    occlusion_threshold: float  # a candidate is visible when its occlusion probability is below this
+    query_sigma: float  # σ (working px) of the query position itself
 
     def parsed_intervals(self):
         """Sorted finite intervals (ints >= 1) and whether the query-frame interval 'inf' is used."""
-        from pitrack.errors import ConfigError
+        from core.errors import ConfigError
         finite, use_inf = set(), False
         for s in self.intervals:
             if str(s).lower() in ("inf", ".inf", "infinity"):
@@ -36,17 +33,23 @@ class ChainConfig:
 @dataclasses.dataclass
 class FusionConfig:
     """How the candidates of a frame become one estimate (YAML section ``fusion``)."""
-    probabilistic: bool = True         # merge visible candidates by inverse variance; False: take the least σ
-    correlation: float = 0.5           # ρ between candidates' errors in the merge (0: independent, 1: no reduction)
-    outlier_removal: bool = True       # drop candidates far from the least-σ visible one before merging
-    outlier_radius: float = 10.0       # px at the original resolution
-    backward: bool = True              # a sweep from the last frame toward the first with backward flows
-    backward_replace_smaller_sigma: bool = False   # the sweep also replaces visible estimates of larger σ
-    backward_sources: str = "anchored"  # the sweep chains 'anchored' estimates (keypoint-confirmed) or 'all'
-    keypoints: bool = True             # fuse long-term keypoint observations when a provider gives them
-    observation_gate: float = 10.0     # px (original): a keypoint farther from a visible estimate is dropped; 0: none
+    probabilistic: bool  # merge visible candidates by inverse variance; False: take the least σ
+    correlation: float  # ρ between candidates' errors in the merge (0: independent, 1: no reduction)
+    outlier_removal: bool  # drop candidates far from the least-σ visible one before merging
+    outlier_radius: float  # px at the original resolution
+    backward: bool  # a sweep from the last frame toward the first with backward flows
+    backward_replace_smaller_sigma: bool  # the sweep also replaces visible estimates of larger σ
+    backward_sources: str  # the sweep chains 'anchored' estimates (keypoint-confirmed) or 'all'
+    observation_gate: float  # px (original): a keypoint farther from a visible estimate is dropped; 0: none
 
     def __post_init__(self):
         if self.backward_sources not in ("anchored", "all"):
-            from pitrack.errors import ConfigError
+            from core.errors import ConfigError
             raise ConfigError(f"fusion.backward_sources must be 'anchored' or 'all', got {self.backward_sources!r}")
+
+
+@dataclasses.dataclass
+class VisibilityConfig:
+    """Visibility from flow and appearance (YAML section ``visibility``, fusion/visibility.py)."""
+    appearance: bool              # also require the appearance: similarity to the query's template >= threshold
+    similarity_threshold: float   # τ, cosine similarity (features of filters.similarity.source)

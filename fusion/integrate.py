@@ -23,14 +23,11 @@ re-detection back into the gap before it. With ``all`` it chains every estimate,
 estimate that is visible but on the wrong surface is then carried back too (the failure measured in
 issue 4: most frames it flipped to visible were occluded). Positions are pixel-centre working pixels inside this module.
 """
-import time
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from fusion.gaussian import chain_gaussian, least_sigma_index, merge_gaussians, merge_weights, reject_outliers
-from pitrack.coords import from_center, scale_sigma, scale_xy, to_center
+from fusion.gaussian import chain_gaussian, least_sigma_index, merge_gaussians, reject_outliers
 
 
 class Estimates:
@@ -115,10 +112,10 @@ def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok, gate=None):
 
 
 def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, radius, h, w, obs, gate, mode,
-          replace_smaller, progress, desc, anchored_only=False):
+          replace_smaller, progress, desc, anchored_only=False, candidate_filter=None):
     """One pass over ``frames``. ``sources(t)``: list of (s, query indices) whose estimate at s is chained to t.
     ``anchored_only``: only estimates a keypoint observation confirmed (est.anchor) are chained; the result
-    is anchored too, so a re-detection is carried from frame to frame."""
+    is anchored too, so a re-detection is carried from frame to frame. ``candidate_filter``: see :func:`integrate`."""
     N = est.xy.shape[0]
     for t in tqdm(frames, desc=desc, disable=not progress, leave=False):
         groups = [(s, idx) for s, idx in sources(t) if idx.numel()]
@@ -143,7 +140,10 @@ def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, rad
             if anchored_only:
                 cand_ok[idx, g] &= est.anchor[idx, s]
         a = torch.unique(torch.cat([idx for _, idx in groups]))
-        xy, var, occ, vis = combine(cand_xy[a], cand_var[a], cand_occ[a], cand_ok[a], threshold, fusion, radius)
+        c_occ = cand_occ[a]
+        if candidate_filter is not None:
+            c_occ = candidate_filter(t, a, cand_xy[a], c_occ, cand_ok[a])
+        xy, var, occ, vis = combine(cand_xy[a], cand_var[a], c_occ, cand_ok[a], threshold, fusion, radius)
         anchor = vis.clone() if anchored_only else torch.zeros_like(vis)
         if obs is not None:
             used = accepted_observations(xy, vis, obs[0][a, t], obs[2][a, t], gate)
@@ -162,12 +162,16 @@ def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, rad
 
 
 def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_var, fusion=None, radius=10.0,
-              observations=None, progress=False, gate=None):
+              observations=None, progress=False, gate=None, candidate_filter=None):
     """Track queries through a flow bank. ``q_xy`` [N, 2] working px (pixel-centre), ``tq`` [N] query frames.
 
+    ``bank``: anything with ``working_hw`` and ``sample(pairs, points)`` (flow.bank.FlowBank.sample).
     ``fusion``: a FusionConfig, or None for least-σ selection without the backward sweep.
     ``observations``: None or (xy [N, T, 2] working px, var [N, T] px², valid [N, T] bool) tensors;
     ``gate``: working px, see :func:`fuse_observation`.
+    ``candidate_filter``: None or ``f(t, idx [M], xy [M, K, 2], occ [M, K], ok [M, K]) -> occ [M, K]``, called
+    between sampling a frame's candidates and combining them (the filters hook): it returns the candidates'
+    occlusion probabilities with those it rejects set to 1, so they take no part in selection or merging.
     Returns an :class:`Estimates`.
     """
     T, (h, w) = num_frames, bank.working_hw
@@ -176,8 +180,8 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
     est = Estimates(N, T)
     est.set(torch.arange(N), tq_t, torch.as_tensor(q_xy, dtype=torch.float32), query_var, 0.0, True)
     common = dict(intervals=intervals, use_inf=use_inf, threshold=threshold, fusion=fusion, radius=radius, h=h,
-                  w=w, obs=observations if (fusion is None or fusion.keypoints) else None, gate=gate,
-                  progress=progress)
+                  w=w, obs=observations, gate=gate, progress=progress,
+                  candidate_filter=candidate_filter)
 
     def outward(direction):
         def sources(t):
@@ -212,39 +216,3 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
               replace_smaller=fusion.backward_replace_smaller_sigma, desc="backward sweep",
               anchored_only=fusion.backward_sources == "anchored", **common)
     return est
-
-
-def track_pitrack(video, queries, config, ctx, observations=None):
-    """Tracker backend 'pitrack': flow bank + Gaussian integration (config sections flow, chain, fusion);
-    with ``tto.enabled`` and ``fusion.keypoints`` the per-video keypoint provider adds observations."""
-    from flow.bank import FlowBank
-    T, H, W = video.shape[:3]
-    cfg, fusion = config.chain, config.fusion
-    intervals, use_inf = cfg.parsed_intervals()
-    bank = FlowBank(video, config.flow, cache_dir=ctx.video_cache_dir() if ctx.use_cache else None,
-                    progress=ctx.progress)
-    hw = bank.working_hw
-    tq = queries[:, 0].astype(int)
-    bank.prefetch(sorted(needed_pairs(tq, T, intervals, use_inf, fusion.backward)))
-    t0 = time.perf_counter()
-    q_xy = to_center(scale_xy(queries[:, 1:3], (H, W), hw))
-    radius = float(scale_sigma(fusion.outlier_radius, (H, W), hw))
-    gate = float(scale_sigma(fusion.observation_gate, (H, W), hw))
-    if observations is None and fusion.keypoints and config.tto.enabled:
-        from tto.keypoints import keypoint_observations
-        obs_xy, obs_var, obs_ok, kp_stats = keypoint_observations(
-            video, q_xy, tq, bank, config, ctx.video_cache_dir() if ctx.use_cache else None, ctx.progress)
-        observations = (obs_xy, obs_var, obs_ok)
-        ctx.stats.update(kp_stats)
-        ctx.extras["keypoints"] = dict(  # original px, corner convention, like the tracks
-            xy=scale_xy(from_center(obs_xy.numpy()), hw, (H, W)), valid=obs_ok.numpy(),
-            sigma=scale_sigma(np.sqrt(obs_var.numpy()), hw, (H, W)))
-        t0 = time.perf_counter()
-    est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2,
-                    fusion, radius, observations, ctx.progress, gate)
-    ctx.stats.update(bank.stats)
-    ctx.stats["track_s"] = time.perf_counter() - t0
-    ctx.stats["working_resolution"] = f"{hw[1]}x{hw[0]}"
-    tracks = scale_xy(from_center(est.xy.numpy()), hw, (H, W))
-    sigma = scale_sigma(np.sqrt(est.var.numpy()), hw, (H, W))
-    return tracks, est.vis.numpy(), sigma

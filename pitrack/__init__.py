@@ -10,7 +10,7 @@ Public API::
 original frames (TAP-Vid corner convention). ``tracks`` float32 [N, T, 2] (x, y) original pixels,
 ``visible`` bool [N, T], ``sigma`` float32 [N, T] position uncertainty in original pixels.
 """
-from pitrack.errors import InputError, ConfigError, WeightsError
+from core.errors import InputError, ConfigError, WeightsError
 from pitrack.config import load_config
 from pitrack.video import load_video
 from pitrack.tracker import Tracker, TrackResult, grid_queries

@@ -2,7 +2,7 @@
 import numpy as np
 from tqdm import tqdm
 
-from pitrack.coords import parse_resolution, scale_sigma, scale_xy, to_center, from_center
+from core.coords import parse_resolution, scale_sigma, scale_xy, to_center, from_center
 
 
 def track_static(video, queries, config, ctx):

@@ -1,7 +1,10 @@
-"""YAML configs as typed dataclasses. Every key is explicit: an unknown key or a wrong type is an error.
+"""YAML configs as typed dataclasses. Every key is explicit: an unknown key, a missing key or a wrong type is
+an error.
 
-A config file may start with ``base: other.yaml`` (a path relative to the file); its keys are loaded
-first and the file's own keys override them section by section. Ablations are written that way.
+``configs/default.yaml`` is the one source of defaults: the dataclasses have none, and every config
+(a file, a dict, or nothing) is read as changes to that file, section by section. A config file may
+also start with ``base: other.yaml`` (a path relative to the file), whose keys are applied first.
+Ablations are written that way.
 """
 import dataclasses
 import hashlib
@@ -11,32 +14,38 @@ import typing
 
 import yaml
 
+from core.errors import ConfigError
 from features.config import FeatureConfig
+from filters.config import FilterConfig
 from flow.config import FlowConfig
-from fusion.config import ChainConfig, FusionConfig
-from pitrack.errors import ConfigError
+from fusion.config import ChainConfig, FusionConfig, VisibilityConfig
 from tto.config import TTOConfig
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.yaml")
 
 
 @dataclasses.dataclass
 class KLTConfig:
     """OpenCV pyramidal Lucas–Kanade reference tracker."""
-    resolution: str = "native"    # working resolution, see coords.parse_resolution
-    win_size: int = 21            # LK window side (px at working resolution)
-    max_level: int = 3            # pyramid levels above the base
-    fb_threshold: float = 1.5     # forward–backward error (px, working res) above which a step is 'occluded'
+    resolution: str  # working resolution, see coords.parse_resolution
+    win_size: int  # LK window side (px at working resolution)
+    max_level: int  # pyramid levels above the base
+    fb_threshold: float  # forward–backward error (px, working res) above which a step is 'occluded'
 
 
 @dataclasses.dataclass
 class Config:
-    tracker: str = "klt"          # which tracker: static | klt | pitrack
-    seed: int = 0
-    klt: KLTConfig = dataclasses.field(default_factory=KLTConfig)
-    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
-    chain: ChainConfig = dataclasses.field(default_factory=ChainConfig)
-    fusion: FusionConfig = dataclasses.field(default_factory=FusionConfig)
-    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
-    tto: TTOConfig = dataclasses.field(default_factory=TTOConfig)
+    tracker: str  # which tracker: static | klt | pitrack
+    seed: int
+    flow: FlowConfig
+    chain: ChainConfig
+    features: FeatureConfig
+    tto: TTOConfig
+    filters: FilterConfig
+    fusion: FusionConfig
+    visibility: VisibilityConfig
+    klt: KLTConfig
     name: str = ""                # set from the file name when loaded from YAML
 
     def fingerprint(self):
@@ -105,22 +114,37 @@ def from_dict(cls, data, prefix=""):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known here: {', '.join(sorted(names))})")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"config key '{prefix}{missing[0]}' is missing")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
 
 def load_config(path_or_config=None, overrides=None):
-    """A :class:`Config` from a YAML path, a dict, or a Config (returned as is). ``overrides`` is a dict merged last."""
+    """A :class:`Config` from a YAML path, a dict of changes, or a Config (returned as is); None is
+    ``configs/default.yaml``. Files and dicts are changes to ``configs/default.yaml``; ``overrides`` is a
+    dict merged last."""
     if isinstance(path_or_config, Config):
         return path_or_config
     if path_or_config is None:
-        data, name = {}, "defaults"
-    elif isinstance(path_or_config, dict):
+        path_or_config = DEFAULT_CONFIG
+    if isinstance(path_or_config, dict):
         data, name = dict(path_or_config), "dict"
     else:
         data = _read_yaml(path_or_config)
         name = os.path.splitext(os.path.basename(os.fspath(path_or_config)))[0]
+    data = _merge(_read_yaml(DEFAULT_CONFIG), data)
     if overrides:
         data = _merge(data, overrides)
     data.setdefault("name", name)
     return from_dict(Config, data)
+
+
+def default_section(name, **changes):
+    """Section ``name`` of configs/default.yaml as its dataclass, with ``changes`` applied (for code and tests
+    that build one stage alone)."""
+    section = getattr(load_config(DEFAULT_CONFIG), name)
+    return dataclasses.replace(section, **changes)

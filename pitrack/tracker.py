@@ -14,15 +14,15 @@ import typing
 import numpy as np
 
 from pitrack.config import Config, load_config
-from pitrack.errors import ConfigError, InputError
-from pitrack.paths import cache_root
+from core.errors import ConfigError, InputError
+from core.paths import cache_root
 from pitrack.video import check_video
 
 # tracker name -> "module:function" with signature fn(video, queries, config, context) -> (tracks, visible, sigma)
 BACKENDS = {
     "static": "pitrack.baselines:track_static",
     "klt": "pitrack.baselines:track_klt",
-    "pitrack": "fusion.integrate:track_pitrack",
+    "pitrack": "pitrack.pipeline:track_pitrack",
 }
 
 

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from pitrack.errors import InputError
+from core.errors import InputError
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

@@ -3,8 +3,8 @@ import colorsys
 
 import numpy as np
 
-from pitrack.atomic import atomic_path
-from pitrack.errors import InputError
+from core.atomic import atomic_path
+from core.errors import InputError
 
 
 def track_colors(queries, width):

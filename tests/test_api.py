@@ -8,7 +8,7 @@ import pytest
 from conftest import BADJA, DAVIS, ROOT, need
 from eval.datasets import BadjaVideo, TapVidVideo, open_video_folder
 from pitrack import ConfigError, InputError, Tracker, load_config, load_video
-from pitrack.coords import parse_resolution, scale_xy
+from core.coords import parse_resolution, scale_xy
 
 
 def test_config_base_and_errors(tmp_path):

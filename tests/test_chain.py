@@ -3,43 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from flow.bank import FlowField, sample_from_fields
-from flow.sampling import sample_fields
+from analytic import AnalyticBank, rotate, translate
+from core.sampling import sample_fields
 from fusion.integrate import combine, integrate, needed_pairs
+from pitrack.config import default_section
 
-
-class AnalyticFlows:
-    """Flow fields of a known motion: ``warp(xy, a, b)`` maps pixel-centre positions of frame a to frame b.
-    ``occluded(xy, b)`` marks where frame b hides the scene. Every flow has variance ``var`` px²."""
-
-    def __init__(self, T, hw, warp, occluded=None, var=0.1):
-        self.T, self.working_hw, self.warp, self.occluded, self.var = T, hw, warp, occluded, var
-        h, w = hw
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-        self.grid = np.stack([xs, ys], -1)
-        self.calls = []
-
-    def sample(self, pairs, points):
-        return sample_from_fields(self.get, pairs, points)
-
-    def get(self, a, b):
-        self.calls.append((a, b))
-        moved = self.warp(self.grid, a, b)
-        occ = np.zeros(self.working_hw, np.float32) if self.occluded is None else self.occluded(moved, b).astype(np.float32)
-        return FlowField((moved - self.grid).transpose(2, 0, 1).astype(np.float32), occ,
-                         np.full(self.working_hw, self.var, np.float32))
-
-
-def translate(v):
-    return lambda xy, a, b: xy + (b - a) * np.asarray(v)
-
-
-def rotate(omega, c):
-    def warp(xy, a, b):
-        th = omega * (b - a)
-        R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
-        return (xy - c) @ R.T + c
-    return warp
+AnalyticFlows = AnalyticBank
 
 
 def run(bank, q, tq, intervals=(1, 2, 4, 8), use_inf=True, fusion=None):
@@ -113,9 +82,8 @@ def test_needed_pairs_cover_both_passes():
     bank = AnalyticFlows(6, (10, 10), translate([0.0, 0.0]))
     run(bank, [[5, 5]], [2], intervals=(1, 2))
     assert set(bank.calls) <= pairs
-    from fusion.config import FusionConfig
     bank.calls.clear()
-    run(bank, [[5, 5]], [2], intervals=(1, 2), fusion=FusionConfig())
+    run(bank, [[5, 5]], [2], intervals=(1, 2), fusion=default_section("fusion"))
     assert set(bank.calls) <= needed_pairs([2], 6, [1, 2], True, sweep=True) and (5, 4) in bank.calls
 
 

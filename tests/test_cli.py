@@ -185,7 +185,7 @@ def test_video_selection_is_shared_and_strict(synthetic_clip, tmp_path):
     """eval.bench, eval.calibration and eval.keypoint_quality take --videos through list_video_folders:
     the given order, and an unknown name is an error rather than a silently smaller benchmark."""
     from eval.datasets import list_video_folders
-    from pitrack.errors import InputError
+    from core.errors import InputError
     data = tmp_path / "data"
     data.mkdir()
     for name in ("b", "a"):

@@ -11,8 +11,8 @@ from features.backbones import DinoV2, RaftEncoder, build_dinov2
 from features.cache import video_features
 from features.config import FeatureConfig
 from features.grid import FeatureGrid, feature_image_hw
-from pitrack.errors import WeightsError
-from pitrack.paths import WEIGHTS_ENV
+from core.errors import WeightsError
+from core.paths import WEIGHTS_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,12 +8,19 @@ import pytest
 import torch
 
 from flow.bank import FlowBank
-from flow.config import FlowConfig
+from core.errors import ConfigError, WeightsError
+from core.raft_model import _mapped_tensors, _read_checkpoint, load_raft
+from core.sampling import sample_fields
 from flow.dis import dis_flow
-from flow.occlusion import FBUncertainty, bilinear_sample, fb_occlusion_variance, fb_residual, make_uncertainty
-from flow.raft import _mapped_tensors, _read_checkpoint, load_raft, raft_flow
-from pitrack.errors import ConfigError, WeightsError
+from flow.occlusion import FBUncertainty, bilinear_sample, fb_occlusion_variance, fb_residual
+from flow.raft import raft_flow
+from pitrack.config import default_section
 from pitrack.video import load_video
+
+
+def FlowConfig(**changes):
+    """configs/default.yaml's flow section with ``changes``."""
+    return default_section("flow", **changes)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAVIS = os.path.join(os.path.dirname(REPO), "shared", "data", "tapvid_davis32")
@@ -163,17 +170,31 @@ def test_fb_detects_synthetic_occlusion():
     assert not outside.any()
     assert r[:, 31:39].min() > 9.9                # background under the object: F_ab = 0, F_ba = −10
     assert r[:, :19].max() < 1e-6 and r[:, 21:29].max() < 1e-6 and r[:, 41:].max() < 1e-6
-    occ, var = FBUncertainty()(fwd, bwd)
+    occ, var = fb_occlusion_variance(fwd, bwd)
     assert occ.dtype == np.float32 and var.dtype == np.float32
     assert occ[:, 31:39].min() > 0.99 and occ[:, :19].max() < 1e-6 and occ[:, 21:29].max() < 1e-6
     assert var[:, 31:39].min() > 20 and np.allclose(var[:, :19], 0.25)
     assert ((occ >= 0) & (occ <= 1)).all()
 
 
-def test_uncertainty_selection():
-    assert isinstance(make_uncertainty(FlowConfig()), FBUncertainty)
-    with pytest.raises(ConfigError, match="unknown flow.uncertainty"):
-        make_uncertainty(FlowConfig(uncertainty="learned"))
+def test_fb_uncertainty_at_points_is_the_whole_field_formula():
+    """FBUncertainty.at_points (what FlowBank.sample uses) gives fb_occlusion_variance's values at pixel centres,
+    with the parameters of the flow config; invalid parameters are a ConfigError."""
+    rng = np.random.default_rng(3)
+    h, w = 16, 24
+    fwd = rng.normal(0, 3, (2, h, w)).astype(np.float32)
+    bwd = rng.normal(0, 3, (2, h, w)).astype(np.float32)
+    cfg = FlowConfig(fb_tau=1.5, fb_alpha=0.02, var_floor=0.5, var_gain=0.3, var_max=50.0)
+    unc = FBUncertainty.from_config(cfg)
+    assert unc.params == dict(tau=1.5, alpha=0.02, var_floor=0.5, var_gain=0.3, var_max=50.0)
+    occ, var = fb_occlusion_variance(fwd, bwd, tau=1.5, alpha=0.02, var_floor=0.5, var_gain=0.3, var_max=50.0)
+    r, outside, back = fb_residual(fwd, bwd)
+    occ_p, var_p = unc.at_points(fwd.transpose(1, 2, 0), back.transpose(1, 2, 0), outside)
+    assert outside.any() and not outside.all()
+    np.testing.assert_allclose(occ_p, occ, atol=1e-6)
+    np.testing.assert_allclose(var_p, var, rtol=1e-6)
+    with pytest.raises(ConfigError, match="fb_tau > 0"):
+        FBUncertainty.from_config(FlowConfig(fb_tau=0.0))
 
 
 # --- (e): the flow bank and its cache ----------------------------------------------------------------------
@@ -188,25 +209,25 @@ def test_bank_cache_reuse_raft(weights, tmp_path):
     assert s["flow_pairs_computed"] == 3 and s["network_evals"] == 6 and s["flow_pairs_loaded"] == 0
     assert s["flow_s"] > 0 and s["cache_mb"] > 0
     assert len([f for f in os.listdir(bank.cache_folder) if f.endswith(".npz")]) == 3
-    f20 = bank.get(2, 0)
-    assert f20.flow.shape == (2, 64, 96) and f20.flow.dtype == np.float32
-    assert f20.occlusion.shape == (64, 96) and f20.var.shape == (64, 96)
+    f20 = bank.flow(2, 0)
+    assert f20.shape == (2, 64, 96) and f20.dtype == np.float32
+    samp = bank.sample([(2, 0), (0, 1)], torch.full((2, 5, 2), 20.0))
+    assert samp.shape == (2, 5, 4) and samp.dtype == torch.float32
     # a lazily computed pair, computed alone, equals the batched result (up to float16 storage)
-    single = FlowBank(video, cfg, None, progress=False).get(0, 2)
-    np.testing.assert_allclose(single.flow, bank.get(0, 2).flow, atol=0.05)
+    single = FlowBank(video, cfg, None, progress=False).flow(0, 2)
+    np.testing.assert_allclose(single, bank.flow(0, 2), atol=0.05)
 
     bank2 = FlowBank(video, cfg, str(tmp_path), progress=False)
     assert bank2.key == bank.key
     bank2.prefetch([(0, 1), (1, 2), (0, 2)])
     for a, b in [(0, 1), (1, 0), (1, 2), (2, 1), (0, 2), (2, 0)]:
-        g1, g2 = bank.get(a, b), bank2.get(a, b)
-        for x, y in zip(g1, g2):
-            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(bank.flow(a, b), bank2.flow(a, b))
     s2 = bank2.stats
     assert s2["flow_pairs_computed"] == 0 and s2["network_evals"] == 0 and s2["flow_pairs_loaded"] == 3
     assert bank2._backend._model is None          # the network was not even loaded
-    z = bank2.get(1, 1)
-    assert not z.flow.any() and not z.occlusion.any()
+    assert not bank2.flow(1, 1).any()
+    z = bank2.sample([(1, 1)], torch.full((1, 3, 2), 10.0))
+    assert not z[..., :3].any() and torch.allclose(z[..., 3], torch.tensor(cfg.var_floor))
 
     # a different iterations setting (or resolution) is a different key and folder
     other = FlowBank(video, dataclasses.replace(cfg, iterations=6), str(tmp_path), progress=False)
@@ -219,7 +240,7 @@ def test_bank_corrupt_cache_is_recomputed(tmp_path):
     cfg = FlowConfig(backend="dis", resolution="native", dis_preset="fast", batch_size=4)
     bank = FlowBank(video, cfg, str(tmp_path), progress=False)
     bank.prefetch([(0, 1), (1, 2), (0, 2)])
-    ref = {p: bank.get(*p) for p in [(0, 1), (1, 2), (0, 2)]}
+    ref = {p: bank.flow(*p) for p in [(0, 1), (1, 2), (0, 2)]}
     folder = bank.cache_folder
     p01, p12 = os.path.join(folder, "000000_000001.npz"), os.path.join(folder, "000001_000002.npz")
     with open(p01, "r+b") as f:                   # truncated file
@@ -238,7 +259,7 @@ def test_bank_corrupt_cache_is_recomputed(tmp_path):
     s = bank2.stats
     assert s["flow_pairs_computed"] == 2 and s["flow_pairs_loaded"] == 1 and s["cache_files_rejected"] == 2
     for p, field in ref.items():
-        np.testing.assert_array_equal(bank2.get(*p).flow, field.flow)
+        np.testing.assert_array_equal(bank2.flow(*p), field)
     # the rewritten files are valid again
     bank3 = FlowBank(video, cfg, str(tmp_path), progress=False)
     bank3.prefetch([(0, 1), (1, 2), (0, 2)])
@@ -253,12 +274,15 @@ def test_bank_lazy_get_and_errors(tmp_path):
     bank = FlowBank(video, FlowConfig(backend="dis", dis_preset="ultrafast", resolution="64x48"), None,
                     progress=False)
     assert bank.working_hw == (48, 64)
-    f = bank.get(2, 0)                            # computes pair {0, 2} alone, both directions
+    f = bank.flow(2, 0)                           # computes pair {0, 2} alone, both directions
     assert bank.stats["flow_pairs_computed"] == 1 and bank.stats["network_evals"] == 2 and bank.has(0, 2)
     assert bank.stats["cache_mb"] == 0
-    assert not f.flow.flags.writeable
+    f[:] = 1234.0                                 # a copy: writing to it leaves the bank's flow alone
+    assert not (bank.flow(2, 0) == 1234.0).any()
     with pytest.raises(Exception, match="out of range"):
-        bank.get(0, 3)
+        bank.flow(0, 3)
+    with pytest.raises(Exception, match="out of range"):
+        bank.sample([(0, 3)], torch.zeros(1, 1, 2))
     with pytest.raises(ConfigError, match="unknown flow.backend"):
         FlowBank(video, FlowConfig(backend="pwc"), None)
     with pytest.raises(ConfigError, match="dis_preset"):
@@ -297,7 +321,7 @@ def test_official_raft_large_layout_translates(tmp_path):
     """No raft-things.pth here: check that the official raft_large key layout covers torchvision's
     raft_large exactly and loads strictly (tensors shaped like the model, BatchNorm aliases identical)."""
     from torchvision.models.optical_flow import raft_large
-    from flow.raft import _official_to_torchvision_name
+    from core.raft_model import _official_to_torchvision_name
     sd = raft_large(weights=None).state_dict()
     keys = _official_large_keys()
     targets = {k: _official_to_torchvision_name(k[len("module."):], "raft_large") for k in keys}
@@ -314,16 +338,22 @@ def test_official_raft_large_layout_translates(tmp_path):
 
 def test_bank_sample_at_points_matches_whole_fields(tmp_path):
     """FlowBank.sample evaluates the FB check at the points only; it must agree with the whole-field path
-    where the fields are smooth (compare at points whose whole-field occlusion is low)."""
-    import torch
-    from flow.bank import sample_from_fields
+    (fb_occlusion_variance of bank.flow(a, b) against bank.flow(b, a), sampled bilinearly at the points) where
+    the fields are smooth (compare at points whose whole-field occlusion is low)."""
     video = _davis("car-shadow", 3)
-    bank = FlowBank(video, FlowConfig(backend="dis", resolution="160x96"), cache_dir=None, progress=False)
+    cfg = FlowConfig(backend="dis", resolution="160x96")
+    bank = FlowBank(video, cfg, cache_dir=None, progress=False)
     rng = np.random.default_rng(0)
     pts = torch.from_numpy(rng.uniform([5, 5], [150, 86], (2, 40, 2)).astype(np.float32))
     pairs = [(0, 2), (2, 1)]
     fast = bank.sample(pairs, pts)
-    slow = sample_from_fields(bank.get, pairs, pts)
+    fields = []
+    for a, b in pairs:
+        fab = bank.flow(a, b)
+        occ, var = fb_occlusion_variance(fab, bank.flow(b, a), tau=cfg.fb_tau, alpha=cfg.fb_alpha,
+                                         var_floor=cfg.var_floor, var_gain=cfg.var_gain, var_max=cfg.var_max)
+        fields.append(np.concatenate([fab, occ[None], var[None]], 0))
+    slow = sample_fields(torch.from_numpy(np.stack(fields)), pts)
     assert fast.shape == slow.shape == (2, 40, 4)
     assert torch.allclose(fast[..., :2], slow[..., :2], atol=1e-3)          # the flow itself: identical
     calm = (slow[..., 2] < 0.05) & (fast[..., 2] < 0.05)

@@ -5,10 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.config import FusionConfig
 from fusion.gaussian import chain_gaussian, merge_gaussians, reject_outliers
 from fusion.integrate import combine, fuse_observation, integrate
-from test_chain import AnalyticFlows, translate
+from analytic import AnalyticBank as AnalyticFlows, translate
+from pitrack.config import default_section
+
+
+def FusionConfig(**changes):
+    """configs/default.yaml's fusion section with ``changes``."""
+    return default_section("fusion", **changes)
 
 
 def test_chain_gaussian_adds_variance():
@@ -98,8 +103,9 @@ def test_observation_reinitialises_and_backward_sweep_recovers_the_gap():
     both = _run(bank, FusionConfig(backward=True), obs)
     assert both.vis[0].tolist() == [True] * 3 + [False] * 3 + [True] * 6
     assert np.allclose(both.xy[0, 6:, 0].numpy(), 5 + np.arange(6, T), atol=1e-4)
-    # with keypoints switched off the observation is ignored
-    assert _run(bank, FusionConfig(backward=True, keypoints=False), obs).vis[0].tolist() == lost.vis[0].tolist()
+    # with keypoints switched off (tto.enabled false: no observations at all) the anchored sweep has nothing
+    # to carry back
+    assert _run(bank, FusionConfig(backward=True)).vis[0].tolist() == lost.vis[0].tolist()
 
 
 def test_observation_merges_with_a_visible_estimate():
@@ -127,11 +133,11 @@ def test_sweep_replaces_visible_estimates_only_with_the_switch():
 class _ForwardFlowsHideFrames3To5(AnalyticFlows):
     """Translation; flows a → b with a < b mark frames 3–5 occluded, backward flows do not."""
 
-    def get(self, a, b):
-        f = super().get(a, b)
+    def fields(self, a, b):
+        flow, occ, var = super().fields(a, b)
         if a < b and 3 <= b <= 5:
-            f = f._replace(occlusion=np.ones_like(f.occlusion))
-        return f
+            occ = np.ones_like(occ)
+        return flow, occ, var
 
 
 def test_anchored_sweep_carries_only_keypoint_confirmed_estimates():

@@ -1,8 +1,11 @@
 """The metrics against hand-computed cases."""
+import json
+import os
+
 import numpy as np
 import pytest
 
-from eval.metrics import badja_pck, evaluation_frames, tapvid_metrics
+from eval.metrics import badja_pck, evaluation_frames, tapvid_error_shares, tapvid_metrics
 
 
 def test_evaluation_frames_first_and_strided():
@@ -76,6 +79,140 @@ def test_strided_scores_frames_before_the_query():
     occ = np.zeros((1, 3), bool)
     assert tapvid_metrics([1], gt, occ, pred, occ, "first")["delta_avg"] == pytest.approx(1.0)
     assert tapvid_metrics([1], gt, occ, pred, occ, "strided")["delta_avg"] == pytest.approx(0.5)
+
+
+def _two_tracks():
+    """2 tracks × 5 frames in the 256 raster. Track 0: query frame 0, gt at (100, 100), occluded at frames 2, 3.
+    Track 1: query frame 2, gt at (50, 50), occluded at frames 0, 4. Predicted occluded: track 0 frames 1, 3.
+    Prediction offsets: track 0 f1 (12, 12) -> 16.97 px, f2 (50, 0) (gt occluded), f4 (16, 0) -> exactly 16;
+    track 1 f1 (0, 20), f3 (10, 0)."""
+    gt = np.zeros((2, 5, 2))
+    gt[0], gt[1] = 100.0, 50.0
+    occ = np.array([[False, False, True, True, False], [True, False, False, False, True]])
+    pred = gt.copy()
+    pred[0, 1] += (12, 12)
+    pred[0, 2] += (50, 0)
+    pred[0, 4] += (16, 0)
+    pred[1, 1] += (0, 20)
+    pred[1, 3] += (10, 0)
+    pocc = np.array([[False, True, False, True, False], [False] * 5])
+    return [0, 2], gt, occ, pred, pocc
+
+
+def test_tapvid_error_shares_hand_computed():
+    m = tapvid_error_shares(*_two_tracks(), "first")
+    # scored: track 0 frames 1-4, track 1 frames 3, 4
+    # gt occluded: (0,2) called visible, (0,3) called occluded, (1,4) called visible -> 2 of 3
+    # gt visible: (0,1) called occluded and 16.97 px off (far although called occluded), (0,4) exactly 16 px
+    # (not far: strict >), (1,3) 10 px -> vis→occ 1 of 3, >16px 1 of 3
+    assert (m["n_occ"], m["n_occ_called_visible"], m["n_vis"], m["n_vis_called_occluded"], m["n_vis_far16"]) == \
+        (3, 2, 3, 1, 1)
+    assert m["occ_called_visible"] == pytest.approx(2 / 3)
+    assert m["vis_called_occluded"] == pytest.approx(1 / 3)
+    assert m["vis_far16"] == pytest.approx(1 / 3)
+    s = tapvid_error_shares(*_two_tracks(), "strided")
+    # strided adds track 1 frames 0 (gt occluded, called visible) and 1 (gt visible, 20 px off)
+    assert (s["n_occ"], s["n_occ_called_visible"], s["n_vis"], s["n_vis_called_occluded"], s["n_vis_far16"]) == \
+        (4, 3, 4, 1, 2)
+    assert (s["occ_called_visible"], s["vis_called_occluded"], s["vis_far16"]) == pytest.approx((3 / 4, 1 / 4, 2 / 4))
+
+
+def test_tapvid_error_shares_without_occluded_pairs():
+    gt = np.zeros((1, 3, 2))
+    occ = np.zeros((1, 3), bool)
+    m = tapvid_error_shares([0], gt, occ, gt, np.array([[False, True, False]]), "first")
+    assert m["n_occ"] == 0 and np.isnan(m["occ_called_visible"])
+    assert m["vis_called_occluded"] == pytest.approx(1 / 2) and m["vis_far16"] == 0.0
+
+
+def _tapvid_folder(folder, points, occluded, size_hw=(512, 256)):
+    """A TAP-Vid-format folder holding only what scoring reads (tracks.npz, meta.json)."""
+    os.makedirs(folder)
+    np.savez(os.path.join(folder, "tracks.npz"), points=np.asarray(points, np.float32), occluded=occluded)
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({"height": size_hw[0], "width": size_hw[1]}, f)
+
+
+def test_tapvid_video_score_has_error_shares(tmp_path):
+    from eval.datasets import TapVidVideo
+    # one track visible at frames 0-3, occluded at 4; original frames are 512 high, so y errors halve at 256
+    points = np.full((1, 5, 2), 100.0)
+    _tapvid_folder(str(tmp_path / "v"), points, np.array([[False, False, False, False, True]]))
+    v = TapVidVideo(str(tmp_path / "v"))
+    pred = points.copy()
+    pred[0, 1, 1] += 34.0    # 17 px at 256: far
+    pred[0, 2, 1] += 30.0    # 15 px at 256: not far
+    m = v.score(pred, np.array([[True, True, True, False, True]]), "first")
+    assert {"AJ", "delta_avg", "OA"} <= set(m)
+    assert (m["n_vis"], m["n_vis_far16"], m["n_vis_called_occluded"], m["n_occ"], m["n_occ_called_visible"]) == \
+        (3, 1, 1, 1, 1)
+    assert (m["vis_far16"], m["vis_called_occluded"], m["occ_called_visible"]) == pytest.approx((1 / 3, 1 / 3, 1.0))
+
+
+def _record(name, metrics, filters=None):
+    return {"video": name, "kind": "tapvid", "num_queries": 4, "seconds": 2.0, "peak_rss_mb": 100.0,
+            "metrics": {"AJ": 0.5, "delta_avg": 0.6, "OA": 0.7, **metrics},
+            "stats": {"filters": filters} if filters else {}}
+
+
+def test_bench_error_shares_mean_pooled_and_filters():
+    from eval.bench import markdown_table, summary
+    a = _record("a", {"occ_called_visible": 1 / 4, "vis_called_occluded": 0.1, "vis_far16": 0.2, "n_occ": 4,
+                      "n_occ_called_visible": 1, "n_vis": 10, "n_vis_called_occluded": 1, "n_vis_far16": 2},
+                {"gate": {"rejected": 8, "rejected_wrong": 6, "kept": 3}})
+    b = _record("b", {"occ_called_visible": float("nan"), "vis_called_occluded": 0.5, "vis_far16": 0.0, "n_occ": 0,
+                      "n_occ_called_visible": 0, "n_vis": 2, "n_vis_called_occluded": 1, "n_vis_far16": 0},
+                {"gate": {"rejected": 2, "rejected_wrong": 0}})
+    s = summary([a, b], "cfg", "first")
+    # means over videos (b has no occluded pair: left out of occ→vis); pooled = total / total
+    assert s["mean"]["occ_called_visible"] == pytest.approx(0.25)
+    assert s["mean"]["vis_called_occluded"] == pytest.approx(0.3) and s["mean"]["vis_far16"] == pytest.approx(0.1)
+    assert s["pooled_occ_called_visible"] == pytest.approx(1 / 4)
+    assert s["pooled_vis_called_occluded"] == pytest.approx(2 / 12) and s["pooled_vis_far16"] == pytest.approx(2 / 12)
+    assert s["filters_total"] == {"gate": {"rejected": 10, "rejected_wrong": 6, "kept": 3}}
+    table = markdown_table([a, b], "t")
+    assert "| occ→vis | vis→occ | >16px |" in table
+    assert "| **mean (2)** | 8 | 50.0 | 60.0 | 70.0 | 25.0 | 30.0 | 10.0 |" in table
+    assert "occ→vis: mean over 1 of 2 videos; left out: b (no occluded scored pair)" in table
+    assert "pooled over all scored pairs: occ→vis 25.0 %, vis→occ 16.7 %, >16px 16.7 %" in table
+    assert "filter gate: rejected 10 candidates, of which 6 (60.0 %) truly wrong" in table
+
+
+def test_rescore_a_folder_of_predictions(tmp_path, capsys):
+    from eval.rescore import main
+    points = np.full((1, 5, 2), 100.0)
+    occ = np.array([[False, False, False, False, True]])
+    for name in ("a", "b"):
+        _tapvid_folder(str(tmp_path / "data" / name), points, occ)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    queries = np.array([[0, 100, 100]], np.float32)
+    pred = points.copy()
+    pred[0, 1, 1] += 34.0
+    visible = np.array([[True, True, True, True, True]])
+    for name in ("a", "b"):
+        np.savez(preds / f"{name}.npz", tracks=pred, visible=visible, sigma=np.ones((1, 5)), queries=queries)
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path / "data"), "--preds", str(preds), "--mode", "first", "--out", str(out)]) == 0
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["metrics"]["vis_far16"] == pytest.approx(1 / 3) and rec["metrics"]["occ_called_visible"] == 1.0
+    assert rec["seconds"] is None and "occ→vis" in (out / "table.md").read_text()
+    # a bench JSON next to the prediction: its seconds and stats are kept, its metrics replaced
+    bench = {**rec, "config": "cfg", "seconds": 7.5, "peak_rss_mb": 300.0, "stats": {"track_s": 1.0},
+             "metrics": {k: rec["metrics"][k] for k in ("AJ", "delta_avg", "OA")}}
+    (preds / "a.json").write_text(json.dumps(bench))
+    assert main(["--data", str(tmp_path / "data"), "--preds", str(preds), "--mode", "first"]) == 0
+    rec = json.loads((preds / "a.json").read_text())
+    assert rec["seconds"] == 7.5 and rec["stats"] == {"track_s": 1.0} and "vis_far16" in rec["metrics"]
+    assert json.loads((preds / "summary.json").read_text())["pooled_vis_far16"] == pytest.approx(2 / 6)
+    capsys.readouterr()
+    # bad input: one line, exit code 2
+    bench["metrics"]["AJ"] += 0.1
+    (preds / "a.json").write_text(json.dumps(bench))
+    for args in (["--preds", str(preds)], ["--preds", str(tmp_path / "data")], ["--preds", str(tmp_path / "no")]):
+        assert main(["--data", str(tmp_path / "data"), "--mode", "first", "--out", str(out)] + args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("eval.rescore: error: ") and len(err.strip().splitlines()) == 1
 
 
 def test_badja_pck_hand_computed():

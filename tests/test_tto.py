@@ -11,8 +11,8 @@ import torch
 
 from features.grid import FeatureGrid
 from pitrack.config import load_config
-from pitrack.coords import to_center
-from pitrack.errors import ConfigError
+from core.coords import to_center
+from core.errors import ConfigError
 from tto.config import TTOConfig
 from tto.keypoints import build_model, keypoint_observations, predict, refined_maps_all
 from tto.model import ResidualCNN, soft_argmax

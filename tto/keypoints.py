@@ -13,7 +13,6 @@ that are occluded in t: their best match is something else, whose best match bac
 :func:`keypoint_observations` is the one entry point: features (cached) -> trajectories from the flow
 bank -> optimisation (checkpointed, resumable) -> matches, all keyed in the per-video cache.
 """
-import contextlib
 import os
 import resource
 import time
@@ -22,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from features.backbones import resolve_device
-from features.cache import video_features
-from pitrack.coords import scale_sigma
-from tto.model import TTOModel, sample_map
+from core.devices import num_threads, resolve_device
+from core.coords import scale_sigma
+from core.sampling import sample_map
+from tto.model import TTOModel
 from tto.pairs import flow_trajectories
 from tto.train import TrainData, load_checkpoint, make_optimizer, train, train_key
 
@@ -85,110 +84,92 @@ def predict(model, maps, q_uv, tq, eval_batch=1024, cycle=True):
     return uv, sim, var, back
 
 
-@contextlib.contextmanager
-def num_threads(n):
-    """torch's intra-op CPU threads set to ``n`` inside the block (``n`` <= 0: unchanged)."""
-    old = torch.get_num_threads()
-    if int(n) > 0:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def keypoint_observations(video, queries_xy_working, query_frames, bank, config, cache_dir=None, progress=False):
-    """Keypoint observations for the Gaussian integrator (fusion.integrate.integrate's ``observations``).
+def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
+    """The per-video model for the backbone features ``fs`` (features.cache.FeatureSet), optimised on the video.
 
-    ``video``: uint8 RGB [T, H, W, 3] at the original resolution; ``queries_xy_working`` [N, 2]: query
-    positions in the bank's working px (pixel-centre convention); ``query_frames`` [N]; ``bank``: the
-    FlowBank (trajectories for training come from it); ``config``: the full Config (sections ``features``,
-    ``tto``, and ``seed``); ``cache_dir``: the per-video cache folder, or None for no cache.
-
-    Returns (xy torch float32 [N, T, 2] working px pixel-centre at bank.working_hw, var [N, T] px²,
-    valid bool [N, T], stats). With ``tto.enabled`` false nothing is computed and no observation is valid.
-    stats (names chosen not to collide with the flow bank's): features_s, backbone_evals (network
-    evaluations: frames through the backbone, 0 when cached), features_loaded, traj_s, traj_count,
-    tto_s (optimisation seconds), tto_steps (steps run now; 0 when a complete checkpoint was loaded),
-    tto_step_start, tto_loss_first / tto_loss_last, refined_map_evals (frames through the residual CNN), keypoints_s, kp_obs_fraction (valid / (query, frame) pairs off the
-    query frame), kp_sim_median, tto_peak_rss_mb (process peak so far), tto_cuda_peak_mb (on a GPU).
+    ``bank``: the FlowBank its training trajectories come from; ``cfg``: a TTOConfig. With ``cfg.enabled``
+    false the model is not optimised: its residual CNN starts at zero, so its refined maps are the
+    normalised backbone features. Returns (model in eval mode on ``cfg.device``, stats): tto_key, tto_s,
+    tto_steps (steps run now; 0 when a complete checkpoint was loaded), tto_step_start, tto_loss_first /
+    tto_loss_last, traj_* (training trajectories), tto_params, tto_peak_rss_mb, tto_cuda_peak_mb (GPU).
     """
-    tcfg, fcfg, seed = config.tto, config.features, int(config.seed)
-    video = np.asarray(video)
-    T, H, W = video.shape[:3]
-    q_xy = torch.as_tensor(np.asarray(queries_xy_working), dtype=torch.float32).reshape(-1, 2)
-    tq = np.asarray(query_frames).astype(np.int64).reshape(-1)
-    N = q_xy.shape[0]
-    hw = tuple(bank.working_hw)
-    stats = dict(tto_enabled=bool(tcfg.enabled), features_s=0.0, traj_s=0.0, tto_s=0.0, tto_steps=0,
-                 keypoints_s=0.0, backbone_evals=0, refined_map_evals=0)
-    if not tcfg.enabled:
-        return torch.zeros(N, T, 2), torch.full((N, T), float("inf")), torch.zeros(N, T, dtype=torch.bool), stats
+    seed = int(seed)
+    device = resolve_device(cfg.device, "tto.device")
+    model = build_model(fs.feats.shape[1], cfg, seed).to(device)
+    stats = dict(tto_enabled=bool(cfg.enabled), tto_s=0.0, tto_steps=0, refined_map_evals=0,
+                 tto_params=int(sum(p.numel() for p in model.parameters())))
+    if not cfg.enabled:
+        return model.eval(), stats
     torch.manual_seed(seed)
-    device = resolve_device(tcfg.device, "tto.device")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-
-    fs = video_features(video, fcfg, cache_dir, progress, seed=seed)
-    stats.update(fs.stats)
-    grid = fs.grid
-    model = build_model(fs.feats.shape[1], tcfg, seed).to(device)
-    feats = fs.feats.to(device)
-    images = torch.from_numpy(fs.images).to(device)
-
-    data_key = f"{getattr(bank, 'key', 'no-bank-key')}-{hw[1]}x{hw[0]}"
-    key = train_key(fs.key, data_key, tcfg, seed)
+    hw = tuple(bank.working_hw)
+    key = train_key(fs.key, f"{getattr(bank, 'key', 'no-bank-key')}-{hw[1]}x{hw[0]}", cfg, seed)
     ckpt = os.path.join(os.fspath(cache_dir), "tto", f"{key}.pt") if cache_dir is not None else None
     stats["tto_key"] = key
-
-    def make_data():
-        traj_xy, traj_ok, tstats = flow_trajectories(bank, tcfg, (H, W))
-        stats.update(tstats)
-        return TrainData(feats, images, grid, grid.from_working(traj_xy, hw), traj_ok)
-
-    complete = False
     if ckpt is not None and os.path.isfile(ckpt):
-        probe = build_model(fs.feats.shape[1], tcfg, seed).to(device)
-        got = load_checkpoint(ckpt, key, probe, make_optimizer(probe, tcfg), tcfg.steps)
-        if got is not None and got[0] == int(tcfg.steps):
-            model, complete = probe, True
+        probe = build_model(fs.feats.shape[1], cfg, seed).to(device)
+        got = load_checkpoint(ckpt, key, probe, make_optimizer(probe, cfg), cfg.steps)
+        if got is not None and got[0] == int(cfg.steps):
             stats.update(tto_step_start=got[0], tto_resumed=True)
-    if not complete:
-        data = make_data()
-        with num_threads(tcfg.threads):
-            stats.update(train(model, data, tcfg, seed, ckpt, key, progress))
-        stats["refined_map_evals"] += int(stats["tto_steps"]) * min(int(tcfg.frames_per_step), T)
-
-    t0 = time.perf_counter()
-    model.eval()
-    q_uv = grid.from_working(q_xy.to(device), hw)
-    use_cycle = float(tcfg.cycle_tolerance) > 0
-    with num_threads(tcfg.threads):
-        maps = refined_maps_all(model, feats, images, grid)
-        uv, sim, var_cells, back = predict(model, maps, q_uv, tq, tcfg.eval_batch, cycle=use_cycle)
-    stats["refined_map_evals"] += T
-    back = back.cpu()
-    xy = grid.to_working(uv, hw).cpu()
-    cell = grid.cell_size_in(hw)
-    floor = float(scale_sigma(tcfg.sigma_floor, (H, W), hw))
-    sigma = torch.clamp(float(tcfg.sigma_gain) * var_cells.cpu().clamp(min=0).sqrt() * cell, min=floor)
-    sim = sim.cpu()
-    not_query = torch.ones(N, T, dtype=torch.bool)
-    not_query[torch.arange(N), torch.as_tensor(tq)] = False
-    valid = (sim > float(tcfg.similarity_threshold)) & not_query & torch.isfinite(xy).all(-1)
-    if use_cycle:
-        valid &= back <= float(tcfg.cycle_tolerance)
-    stats["keypoints_s"] = time.perf_counter() - t0
-    others = sim[not_query]
-    stats["kp_obs_fraction"] = float(valid.sum()) / max(1, int(not_query.sum()))
-    stats["kp_sim_median"] = float(others.median()) if others.numel() else float("nan")
+            return probe.eval(), stats
+    traj_xy, traj_ok, tstats = flow_trajectories(bank, cfg)
+    stats.update(tstats)
+    feats = fs.feats.to(device)
+    data = TrainData(feats, torch.from_numpy(fs.images).to(device), fs.grid, fs.grid.from_working(traj_xy, hw),
+                     traj_ok)
+    with num_threads(cfg.threads):
+        stats.update(train(model, data, cfg, seed, ckpt, key, progress))
+    stats["refined_map_evals"] += int(stats["tto_steps"]) * min(int(cfg.frames_per_step), int(feats.shape[0]))
     stats["tto_peak_rss_mb"] = _peak_rss_mb()
     if device.startswith("cuda"):
         stats["tto_cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    with contextlib.suppress(Exception):
-        stats["tto_params"] = int(sum(p.numel() for p in model.parameters()))
+    return model.eval(), stats
+
+
+def refined_video_maps(model, fs, threads=0):
+    """Refined, normalised feature maps of every frame: float32 [T, C, gh, gw] on the model's device."""
+    dev = next(model.parameters()).device
+    with num_threads(threads):
+        return refined_maps_all(model, fs.feats.to(dev), torch.from_numpy(fs.images).to(dev), fs.grid)
+
+
+def keypoint_observations(model, maps, grid, q_xy, tq, hw, original_hw, cfg):
+    """Keypoint observations for the Gaussian integrator (fusion.integrate.integrate's ``observations``).
+
+    ``maps`` [T, C, gh, gw]: :func:`refined_video_maps`; ``grid``: their features.grid.FeatureGrid;
+    ``q_xy`` [N, 2]: query positions in working px (pixel-centre) of the raster ``hw``; ``tq`` [N] query
+    frames; ``original_hw``: the video's size (``cfg.sigma_floor`` is in original px); ``cfg``: a TTOConfig.
+    Returns (xy float32 [N, T, 2] working px, var [N, T] px², valid bool [N, T], stats): keypoints_s,
+    kp_obs_fraction (valid / (query, frame) pairs off the query frame), kp_sim_median.
+    """
+    t0 = time.perf_counter()
+    dev = maps.device
+    T = maps.shape[0]
+    q_xy = torch.as_tensor(np.asarray(q_xy), dtype=torch.float32).reshape(-1, 2)
+    tq = np.asarray(tq).astype(np.int64).reshape(-1)
+    N = q_xy.shape[0]
+    use_cycle = float(cfg.cycle_tolerance) > 0
+    with num_threads(cfg.threads):
+        uv, sim, var_cells, back = predict(model, maps, grid.from_working(q_xy.to(dev), hw), tq, cfg.eval_batch,
+                                           cycle=use_cycle)
+    back, sim = back.cpu(), sim.cpu()
+    xy = grid.to_working(uv, hw).cpu()
+    floor = float(scale_sigma(cfg.sigma_floor, original_hw, hw))
+    sigma = torch.clamp(float(cfg.sigma_gain) * var_cells.cpu().clamp(min=0).sqrt() * grid.cell_size_in(hw), min=floor)
+    not_query = torch.ones(N, T, dtype=torch.bool)
+    not_query[torch.arange(N), torch.as_tensor(tq)] = False
+    valid = (sim > float(cfg.similarity_threshold)) & not_query & torch.isfinite(xy).all(-1)
+    if use_cycle:
+        valid &= back <= float(cfg.cycle_tolerance)
+    others = sim[not_query]
+    stats = dict(keypoints_s=time.perf_counter() - t0,
+                 kp_obs_fraction=float(valid.sum()) / max(1, int(not_query.sum())),
+                 kp_sim_median=float(others.median()) if others.numel() else float("nan"))
     return xy.float(), (sigma ** 2).float(), valid, stats

@@ -44,14 +44,6 @@ def soft_argmax(logits, radius):
     return torch.stack([px, py], -1), var / 2
 
 
-def sample_map(fmap, uv):
-    """Bilinear samples of one map ``fmap`` [C, h, w] at grid positions ``uv`` [M, 2] -> [M, C] (border clamp).
-    Differentiable with respect to both the map and the positions."""
-    C, h, w = fmap.shape
-    g = torch.stack([uv[:, 0] * (2.0 / max(w - 1, 1)) - 1.0, uv[:, 1] * (2.0 / max(h - 1, 1)) - 1.0], -1)
-    out = F.grid_sample(fmap[None], g[None, None].to(fmap.dtype), mode="bilinear", padding_mode="border",
-                        align_corners=True)
-    return out[0, :, 0].t()
 
 
 class ResidualCNN(nn.Module):

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from pitrack.coords import scale_sigma
+from core.coords import scale_sigma
 
 
 def anchors(num_frames, stride):

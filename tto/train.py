@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pitrack.atomic import atomic_path, discard_cache_file
-from tto.model import TTOModel, sample_map
+from core.atomic import atomic_path, discard_cache_file
+from core.sampling import sample_map
+from tto.model import TTOModel
 from tto.pairs import best_buddies
 
 CKPT_FORMAT = 1

@@ -3,9 +3,10 @@
 Weights: an explicit path in the config, else ``$PITRACK_WEIGHTS/<file>``, else the framework's own
 download (needs internet). Caches: ``$PITRACK_CACHE`` or ``~/.cache/pitrack``.
 """
+import hashlib
 import os
 
-from pitrack.errors import WeightsError
+from core.errors import WeightsError
 
 WEIGHTS_ENV = "PITRACK_WEIGHTS"
 CACHE_ENV = "PITRACK_CACHE"
@@ -45,3 +46,16 @@ def cache_root():
         return os.path.expanduser(d)
     base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
     return os.path.join(base, "pitrack")
+
+
+def file_sha256(path, _memo={}):
+    """sha256 hex digest of a file (memoised on path, size and mtime)."""
+    st = os.stat(path)
+    k = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if k not in _memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _memo[k] = h.hexdigest()
+    return _memo[k]

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from pitrack.errors import ConfigError
+from core.errors import ConfigError
 
 SCORING_SIZE = (256, 256)  # (H, W) of the TAP-Vid scoring raster
 

@@ -16,3 +16,9 @@ def sample_fields(fields, points):
     grid = torch.stack([gx, gy], -1)[:, None].to(fields.dtype)   # [G, 1, M, 2]
     out = F.grid_sample(fields, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out[:, :, 0].permute(0, 2, 1)                         # [G, M, C]
+
+
+def sample_map(fmap, uv):
+    """Bilinear samples of one map ``fmap`` [C, h, w] at ``uv`` [M, 2] (x, y; index convention) -> [M, C].
+    Border clamp; differentiable with respect to both the map and the positions."""
+    return sample_fields(fmap[None], uv[None])[0]

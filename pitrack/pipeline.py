@@ -1,0 +1,172 @@
+"""The pitrack pipeline, as in ProTracker's Fig. 2; the only place that wires the stages together.
+
+    video, queries
+      │
+      ├─ 1. flow bank            flow/      flows t−Δ → t for every Δ the chains read, both directions,
+      │                                     each with occlusion probability and variance
+      ├─ 2. long-term keypoints  features/  frozen backbone features of every frame (cached)
+      │                          tto/       residual CNN + heatmap refiner optimised on the video
+      │                                     (checkpointed); refined maps; keypoint observations
+      ├─ 3. candidate filters    filters/   object masks (SAM2 or the offline mask) and feature
+      │                                     similarity to each query's template
+      ├─ 4. integration          fusion/    forward and backward passes, candidates filtered, outliers
+      │                                     removed, inverse-variance merge, observations fused, sweep
+      └─ 5. visibility           fusion/    flow visibility and appearance (similarity along the track)
+      │
+    tracks, visible, σ
+
+Every stage takes tensors and its config section and can run alone; this module only calls them in
+order, converts coordinates between the original frames and the working rasters, and collects stats.
+"""
+import time
+
+import numpy as np
+import torch
+
+from core.coords import from_center, scale_sigma, scale_xy, to_center
+
+
+def _cache(ctx):
+    return ctx.video_cache_dir() if ctx.use_cache else None
+
+
+def flow_bank(video, queries, config, ctx):
+    """Stage 1: the FlowBank with every pair the integration reads already computed or loaded."""
+    from flow.bank import FlowBank
+    from fusion.integrate import needed_pairs
+    bank = FlowBank(video, config.flow, cache_dir=_cache(ctx), progress=ctx.progress)
+    intervals, use_inf = config.chain.parsed_intervals()
+    bank.prefetch(sorted(needed_pairs(queries[:, 0].astype(int), video.shape[0], intervals, use_inf,
+                                      config.fusion.backward)))
+    return bank
+
+
+def per_video_model(video, bank, config, ctx):
+    """Stage 2a: backbone features and the per-video model (optimised when ``tto.enabled``);
+    returns (features, model, refined maps [T, C, gh, gw])."""
+    from features.cache import video_features
+    from tto.keypoints import optimise, refined_video_maps
+    fs = video_features(video, config.features, _cache(ctx), ctx.progress, seed=config.seed)
+    ctx.stats.update(fs.stats)
+    model, stats = optimise(fs, bank, config.tto, config.seed, _cache(ctx), ctx.progress)
+    ctx.stats.update(stats)
+    maps = refined_video_maps(model, fs, config.tto.threads)
+    ctx.stats["refined_map_evals"] = ctx.stats.get("refined_map_evals", 0) + int(maps.shape[0])
+    return fs, model, maps
+
+
+def similarity_features(video, config, ctx, tto_maps, tto_grid):
+    """Feature maps [T, C, gh, gw] and their grid for the similarity filter and appearance visibility."""
+    sim = config.filters.similarity
+    if sim.source == "tto":
+        return tto_maps, tto_grid
+    import dataclasses
+    from features.cache import video_features
+    from core.errors import ConfigError
+    backbones = {"geoaware": "geoaware", "dinov2": "dinov2_vitb14", "raft_fnet": "raft_small"}
+    if sim.source not in backbones:
+        raise ConfigError(f"filters.similarity.source must be tto, geoaware, dinov2 or raft_fnet, got {sim.source!r}")
+    fcfg = dataclasses.replace(config.features, backbone=backbones[sim.source], resolution=sim.resolution,
+                               weights=sim.weights, aggregation_weights=sim.aggregation_weights,
+                               random_init=sim.random_init)
+    fs = video_features(video, fcfg, _cache(ctx), ctx.progress, seed=config.seed)
+    ctx.stats.update({f"similarity_{k}": v for k, v in fs.stats.items()})
+    return torch.nn.functional.normalize(fs.feats.float(), dim=1), fs.grid
+
+
+def object_masks(video, queries, bank, config, ctx):
+    """Stage 3a: the object mask of every query (MaskSet), or None."""
+    mcfg = config.filters.mask
+    if mcfg.source == "none":
+        return None
+    t0 = time.perf_counter()
+    if mcfg.source == "sam2":
+        from filters.sam2_masks import sam2_masks
+        masks = sam2_masks(video, queries, mcfg.sam2, _cache(ctx), ctx.progress, seed=config.seed)
+    elif mcfg.source == "offline":
+        from filters.offline_mask import offline_masks
+        masks = offline_masks(bank, queries, mcfg.offline, video.shape[1:3])
+    else:
+        from core.errors import ConfigError
+        raise ConfigError(f"filters.mask.source must be none, sam2 or offline, got {mcfg.source!r}")
+    ctx.stats.update({f"mask_{k}": v for k, v in masks.stats.items()})
+    ctx.stats["mask_s"] = time.perf_counter() - t0
+    return masks
+
+
+def track_pitrack(video, queries, config, ctx):
+    """Tracker backend 'pitrack': stages 1-5 above. ``video`` uint8 [T, H, W, 3], ``queries`` float32 [N, 3]
+    (t, x, y original px) -> tracks [N, T, 2] original px, visible [N, T], σ [N, T] original px."""
+    from filters.candidates import CandidateFilters
+    from filters.masks import MaskFilter
+    from filters.similarity import SimilarityFilter, query_templates, trajectory_similarity
+    from fusion.integrate import integrate
+    from fusion.visibility import combined_visibility
+    T, H, W = video.shape[:3]
+    tq = queries[:, 0].astype(int)
+    cfg, fusion, fcfg = config.chain, config.fusion, config.filters
+
+    bank = flow_bank(video, queries, config, ctx)                                      # 1
+    hw = bank.working_hw
+    q_xy = to_center(scale_xy(queries[:, 1:3], (H, W), hw))
+    t0 = time.perf_counter()
+
+    need_features = fcfg.similarity.enabled or config.visibility.appearance
+    observations, maps, to_grid, templates = None, None, None, None
+    if config.tto.enabled or need_features:                                            # 2
+        from tto.keypoints import keypoint_observations
+        fs, model, tto_maps = per_video_model(video, bank, config, ctx)
+        if config.tto.enabled:
+            obs_xy, obs_var, obs_ok, kp_stats = keypoint_observations(model, tto_maps, fs.grid, q_xy, tq, hw, (H, W),
+                                                                      config.tto)
+            ctx.stats.update(kp_stats)
+            observations = [obs_xy, obs_var, obs_ok]
+        if need_features:
+            maps, grid = similarity_features(video, config, ctx, tto_maps, fs.grid)
+            to_grid = lambda xy: grid.from_working(xy, hw)  # noqa: E731 - working px -> feature grid
+            templates = query_templates(maps, to_grid, q_xy, tq)
+    t1 = time.perf_counter()
+
+    filters = []                                                                       # 3
+    masks = object_masks(video, queries, bank, config, ctx)
+    if masks is not None:
+        filters.append(MaskFilter(masks, hw, fcfg.mask.threshold))
+    if fcfg.similarity.enabled:
+        filters.append(SimilarityFilter(maps, to_grid, templates, fcfg.similarity.flow_threshold,
+                                        fcfg.similarity.keypoint_threshold))
+    hook = CandidateFilters(filters, cfg.occlusion_threshold)
+    if observations is not None and hook:
+        observations[2] = hook.observations(observations[0], observations[2], tq)
+
+    intervals, use_inf = cfg.parsed_intervals()                                        # 4
+    est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2, fusion,
+                    float(scale_sigma(fusion.outlier_radius, (H, W), hw)), observations, ctx.progress,
+                    float(scale_sigma(fusion.observation_gate, (H, W), hw)), hook if hook else None)
+
+    similarity = None                                                                  # 5
+    if config.visibility.appearance:
+        similarity = trajectory_similarity(maps, to_grid, templates, est.xy)
+    visible = combined_visibility(est.vis, similarity, config.visibility.similarity_threshold, tq)
+
+    def to_original(xy):
+        return scale_xy(from_center(np.asarray(xy)), hw, (H, W))
+
+    ctx.stats.update(bank.stats)
+    ctx.stats["keypoints_stage_s"] = t1 - t0
+    ctx.stats["track_s"] = time.perf_counter() - t1
+    ctx.stats["working_resolution"] = f"{hw[1]}x{hw[0]}"
+    report = hook.report(to_original)
+    ctx.stats["filters"] = {name: dict(rejected=int(r["query"].size), rejected_keypoints=int(r["keypoint"].sum()))
+                            for name, r in report.items()}
+    ctx.extras["filter_rejections"] = report
+    ctx.extras["flow_visible"] = est.vis.numpy()
+    if similarity is not None:
+        ctx.extras["appearance_similarity"] = similarity.numpy()
+    if observations is not None:
+        ctx.extras["keypoints"] = dict(xy=to_original(observations[0].numpy()), valid=observations[2].numpy(),
+                                       sigma=scale_sigma(np.sqrt(observations[1].numpy()), hw, (H, W)))
+    if masks is not None:
+        ctx.extras["masks"] = masks
+    tracks = to_original(est.xy.numpy())
+    sigma = scale_sigma(np.sqrt(est.var.numpy()), hw, (H, W))
+    return tracks, visible.numpy(), sigma
