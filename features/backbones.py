@@ -27,6 +27,7 @@ import re
 
 import numpy as np
 
+from core.checkpoints import check_fits
 from core.errors import ConfigError, WeightsError
 from core.devices import resolve_device
 from core.paths import file_sha256, resolve_weights
@@ -143,17 +144,7 @@ def dinov2_state_dict(ckpt, model, path):
         if old * old == n_old and new * new == n_new:
             out["pos_embed"] = resample_abs_pos_embed(pe, new_size=(new, new), old_size=(old, old),
                                                       num_prefix_tokens=prefix)
-    for k, v in out.items():
-        if k not in target:
-            raise WeightsError(f"checkpoint {path} does not fit {type(model).__name__}: key '{k}' (shape "
-                               f"{tuple(v.shape)}) has no counterpart in the model")
-        if tuple(v.shape) != tuple(target[k].shape):
-            raise WeightsError(f"checkpoint {path} does not fit: key '{k}' has shape {tuple(v.shape)}, the model "
-                               f"needs {tuple(target[k].shape)}")
-    missing = [k for k in target if k not in out]
-    if missing:
-        raise WeightsError(f"checkpoint {path} does not fit: {len(missing)} model tensors missing, first "
-                           f"'{missing[0]}' (shape {tuple(target[missing[0]].shape)})")
+    check_fits(out, target, f"checkpoint {path} does not fit {type(model).__name__}")
     return collections.OrderedDict((k, out[k].to(target[k].dtype)) for k in target)
 
 

@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checkpoints import check_fits
 from core.devices import resolve_device
-from core.errors import WeightsError
 from core.paths import file_sha256, resolve_weights
 from features.backbones import IMAGENET_MEAN, IMAGENET_STD, DinoV2, _read_state_dict, _to_tensor
 
@@ -163,17 +163,7 @@ def load_aggregation(path, device="cpu"):
     with torch.device("meta"):
         net = AggregationNetwork()
     target = net.state_dict()
-    for k, v in sd.items():
-        if k not in target:
-            raise WeightsError(f"aggregation checkpoint {path} does not fit the GeoAware AggregationNetwork: "
-                               f"unexpected key '{k}' (shape {tuple(v.shape)})")
-        if tuple(v.shape) != tuple(target[k].shape):
-            raise WeightsError(f"aggregation checkpoint {path} does not fit: key '{k}' has shape "
-                               f"{tuple(v.shape)}, the network needs {tuple(target[k].shape)}")
-    missing = [k for k in target if k not in sd]
-    if missing:
-        raise WeightsError(f"aggregation checkpoint {path} does not fit: {len(missing)} network tensors "
-                           f"missing, first '{missing[0]}' (shape {tuple(target[missing[0]].shape)})")
+    check_fits(sd, target, f"aggregation checkpoint {path} does not fit the GeoAware AggregationNetwork")
     net.load_state_dict({k: sd[k].to(torch.float32) for k in target}, strict=True, assign=True)
     return net.to(device).eval().requires_grad_(False)
 

@@ -23,7 +23,7 @@ class OfflineMaskConfig:
 
 @dataclasses.dataclass
 class MaskConfig:
-    source: str              # none | sam2 | offline
+    source: str              # auto | sam2 | offline | none
     threshold: float         # a candidate whose mask value (bilinear) is below this lies outside its object
     sam2: SAM2Config
     offline: OfflineMaskConfig
@@ -33,7 +33,7 @@ class MaskConfig:
 class SimilarityConfig:
     """Geometry-aware feature-similarity filter (ProTracker §3.1): cosine similarity to the query's feature."""
     enabled: bool
-    source: str              # tto | geoaware | dinov2 | raft_fnet
+    source: str              # auto | tto | geoaware | dinov2 | raft_fnet
     flow_threshold: float    # a flow candidate below this similarity is invalid (paper: 0.3)
     keypoint_threshold: float  # a keypoint observation below this is invalid (paper: 0.5)
     resolution: str          # feature image size for the geoaware / dinov2 / raft_fnet sources

@@ -34,9 +34,10 @@ frame from the earliest prompt in both directions, costs up to 2·K·T and fills
 before an object's prompt). Objects are tracked independently (the package loops over them), so cost is
 linear in K.
 
-Cost (tiny config, CPU, 2 threads, random weights; RESEARCH.md §1): encoder ~2.8 s/frame at 1024, ~0.46 s
-at 512; tracking ~1.7-2.7 s per object-frame at 1024, ~0.2-0.3 s at 512. Feature memory ~17 MB/frame at 1024
-(~4 MB at 512). The model runs in float32 (no autocast) on ``cfg.device``.
+Cost (tiny config, CPU, random weights; RESEARCH.md §1 with 2 threads, 256 measured here with one): encoder
+~2.8 s/frame at 1024, ~0.46 s at 512, ~0.27 s at 256; tracking ~1.7-2.7 s per object-frame at 1024, ~0.2-0.3 s
+at 512, ~0.1 s at 256. Feature memory ~17 MB/frame at 1024 (~4 MB at 512). The model runs in float32 (no
+autocast) on ``cfg.device``.
 
 Cache
 -----
@@ -63,6 +64,7 @@ import warnings
 
 import numpy as np
 
+from core.checkpoints import check_fits
 from core.atomic import atomic_path, discard_cache_file
 from core.coords import parse_resolution, to_center
 from core.devices import resolve_device
@@ -164,17 +166,7 @@ def _load_checkpoint(model, path, config_name):
                            f"stores its weights under 'model')")
     target = model.state_dict()
     hint = "(a SAM 2.0 checkpoint needs a configs/sam2/ config, a SAM 2.1 one a configs/sam2.1/ config)"
-    for k, v in sd.items():
-        if k not in target:
-            raise WeightsError(f"SAM2 checkpoint {path} does not fit {config_name}: key '{k}' is not in the model "
-                               f"{hint}")
-        if tuple(v.shape) != tuple(target[k].shape):
-            raise WeightsError(f"SAM2 checkpoint {path} does not fit {config_name}: key '{k}' has shape "
-                               f"{tuple(v.shape)}, the model needs {tuple(target[k].shape)} {hint}")
-    missing = [k for k in target if k not in sd]
-    if missing:
-        raise WeightsError(f"SAM2 checkpoint {path} does not fit {config_name}: key '{missing[0]}' is missing "
-                           f"({len(missing)} missing) {hint}")
+    check_fits(sd, target, f"SAM2 checkpoint {path} does not fit {config_name}", hint)
     model.load_state_dict(sd, strict=True)
 
 
@@ -234,7 +226,7 @@ def _patched_predictor_module(vp, images, hw, progress):
 
     def load_video_frames(video_path, image_size, *args, **kwargs):
         if images.shape[-1] != image_size:
-            raise RuntimeError(f"frames prepared at {images.shape[-1]}, the model wants {image_size}")
+            raise RuntimeError(f"frames prepared at {images.shape[-1]} px, the model wants {image_size}")
         return images, int(hw[0]), int(hw[1])
 
     vp.load_video_frames = load_video_frames
@@ -348,8 +340,10 @@ def _validate(video, queries):
 
 
 def _track(predictor, video, queries, qt, mask_hw, progress=False):
-    """Run SAM2 on the video; returns (masks bool [K, T, h, w], object_of_query int64 [N], stats)."""
-    import torch
+    """Run SAM2 on the video; returns (masks bool [K, T, h, w], object_of_query int64 [N], stats).
+
+    ``queries`` float32 [N, 3], ``qt`` int64 [N] their frames, ``mask_hw`` the (h, w) of the stored masks.
+    """
     vp, _ = _import_sam2()
     T, H, W = video.shape[:3]
     S = int(predictor.image_size)
@@ -527,8 +521,12 @@ def sam2_masks(video, queries, cfg, cache_dir=None, progress=False, seed=0):
     progress: show progress bars. seed: the random-init seed (``cfg.random_init``, tests).
 
     Returns MaskSet: ``packed`` bit-packed bool [K, T, h, w] masks at ``parse_resolution(cfg.mask_resolution,
-    (H, W))``, ``object_of_query`` int64 [N] in 0..K-1, and ``stats`` (sam2_s, encoder_calls, objects,
-    masks_loaded, masks_mb; after a run also encoder_s, tracking_s, frames_forward, frames_backward, ...).
+    (H, W))``, ``object_of_query`` int64 [N] in 0..K-1, and ``stats``: sam2_s (seconds, total), encoder_calls
+    (frames through SAM2's image encoder: T after a run, 0 when loaded), objects (K), masks_loaded, masks_mb
+    (packed size); after a run also encoder_s, tracking_s (the two sweeps), prepare_encode_s, frames_forward /
+    frames_backward (object-frames tracked by each sweep: together K·(T−1)), object_prompt_frames [K].
+
+    Raises InputError (video, queries), ConfigError (config, sam2 package), WeightsError (checkpoint).
     """
     t_start = time.perf_counter()
     video, q, qt = _validate(video, queries)
