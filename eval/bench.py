@@ -42,10 +42,16 @@ def run_one(config_path, video_dir, mode, json_path, pred_path=None):
     t0 = time.perf_counter()
     frames = video.load_frames()
     load_s = time.perf_counter() - t0
-    queries, _ = video.queries(mode)
+    queries, track_of_query = video.queries(mode)
     tracker = Tracker(config, progress=sys.stderr.isatty())
     result = tracker(frames, queries)
     metrics = video.score(result.tracks, result.visible, mode)
+    filters = {}
+    for name, r in tracker.extras.get("filter_rejections", {}).items():
+        filters[name] = dict(rejected=int(r["query"].size), rejected_keypoints=int(r["keypoint"].sum()))
+        if hasattr(video, "candidate_is_wrong"):   # TAP-Vid: every frame has ground truth
+            wrong = video.candidate_is_wrong(track_of_query[r["query"]], r["frame"], r["xy"])
+            filters[name].update(rejected_wrong=int(wrong.sum()), rejected_keypoints_wrong=int(wrong[r["keypoint"]].sum()))
     rec = {
         "video": video.name, "kind": video.kind, "mode": mode if video.kind == "tapvid" else "badja",
         "config": config.name, "config_fingerprint": config.fingerprint(), "data": os.path.abspath(video_dir),
@@ -55,6 +61,8 @@ def run_one(config_path, video_dir, mode, json_path, pred_path=None):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "metrics": metrics, "stats": {k: v for k, v in tracker.stats.items() if k != "seconds"},
     }
+    if filters:
+        rec["stats"]["filters"] = filters
     if pred_path:
         save_npz(pred_path, tracks=result.tracks, visible=result.visible, sigma=result.sigma, queries=queries)
     save_json(json_path, rec)

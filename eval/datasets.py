@@ -75,6 +75,16 @@ class TapVidVideo:
         return {**tapvid_metrics(*args), **tapvid_error_shares(*args)}
 
 
+    def candidate_is_wrong(self, track, frame, xy, tolerance=8.0):
+        """Bool [R]: is a candidate of track ``track`` [R] at ``frame`` [R], position ``xy`` [R, 2] (original px)
+        wrong, i.e. is the point occluded there, or is it more than ``tolerance`` px (256 raster) away?"""
+        from core.coords import SCORING_SIZE, scale_xy
+        track, frame = np.asarray(track, int), np.asarray(frame, int)
+        gt = scale_xy(self.points[track, frame], self.size_hw, SCORING_SIZE)
+        err = np.linalg.norm(scale_xy(xy, self.size_hw, SCORING_SIZE) - gt, axis=-1)
+        return self.occluded[track, frame] | (err > tolerance)
+
+
 class BadjaVideo:
     kind = "badja"
 

@@ -3,7 +3,7 @@
     python -m eval.keypoint_quality --config configs/default.yaml --flow-config configs/ablations/no_keypoints.yaml \
         --data DIR --mode first|strided [--videos a,b] [--far 8]
 
-``--config`` must produce keypoint observations (tto.enabled, fusion.keypoints); its per-video cache is
+``--config`` must produce keypoint observations (tto.enabled); its per-video cache is
 reused, so after an ``eval.bench`` run nothing is optimised again. ``--flow-config`` tracks without them.
 Over the scored frames (query frame excluded) of every video, errors in px of the 256×256 raster:
 
@@ -79,8 +79,8 @@ def main(argv=None):
         from pitrack import Tracker
         tk = Tracker.from_config(args.config, progress=False)
         tf = Tracker.from_config(args.flow_config, progress=False)
-        if not (tk.config.tto.enabled and tk.config.fusion.keypoints):
-            raise PitrackError(f"{args.config} makes no keypoint observations (tto.enabled and fusion.keypoints)")
+        if not tk.config.tto.enabled:
+            raise PitrackError(f"{args.config} makes no keypoint observations (tto.enabled is false)")
         cols = {k: [] for k in ("kp_xy", "kp_valid", "flow_xy", "flow_vis", "gt_xy", "gt_vis", "scored")}
         for folder in list_video_folders(args.data, args.videos):
             v = open_video_folder(folder)

@@ -7,7 +7,6 @@ occlusion are exact. Output in TAP-Vid format (``frames/``, ``tracks.npz``, ``me
     python -m eval.synthetic --out DIR [--frames 40] [--size 320x240] [--seed 0]
 """
 import argparse
-import json
 import os
 import sys
 

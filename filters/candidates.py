@@ -35,7 +35,7 @@ class CandidateFilters:
             keep &= v
         return torch.where(keep, occ, torch.ones_like(occ))
 
-    def observations(self, xy, valid, tq):
+    def observations(self, xy, valid):
         """Keypoint observations ``xy`` [N, T, 2], ``valid`` [N, T] -> valid with the rejected ones removed."""
         valid = valid.clone()
         N, T = valid.shape

@@ -51,5 +51,6 @@ class FusionConfig:
 @dataclasses.dataclass
 class VisibilityConfig:
     """Visibility from flow and appearance (YAML section ``visibility``, fusion/visibility.py)."""
-    appearance: bool              # also require the appearance: similarity to the query's template >= threshold
-    similarity_threshold: float   # τ, cosine similarity (features of filters.similarity.source)
+    appearance: bool              # also require the appearance: similarity to the query's template
+    similarity_threshold: float   # τ: absolute floor of that cosine similarity (filters.similarity.source features)
+    relative_threshold: float     # r: ... and at least r times the point's median similarity while flow-visible

@@ -55,18 +55,53 @@ def per_video_model(video, bank, config, ctx):
     return fs, model, maps
 
 
+def _found(filename, explicit=""):
+    from core.errors import WeightsError
+    from core.paths import resolve_weights
+    try:
+        resolve_weights(filename, explicit=explicit or None)
+        return True
+    except WeightsError:
+        return False
+
+
+def similarity_source(sim):
+    """``filters.similarity.source``, with 'auto' resolved: geoaware where its two checkpoints are found
+    (DINOv2 ViT-B/14 and the aggregation network), else tto."""
+    if sim.source != "auto":
+        return sim.source
+    found = _found("dinov2_vitb14_pretrain.pth", sim.weights) and _found("best_856.PTH", sim.aggregation_weights)
+    return "geoaware" if found else "tto"
+
+
+def mask_source(mcfg):
+    """``filters.mask.source``, with 'auto' resolved: sam2 where its checkpoint is found, else none (the
+    offline mask is measured to hurt: README)."""
+    if mcfg.source != "auto":
+        return mcfg.source
+    from filters.sam2_masks import checkpoint_path
+    from core.errors import WeightsError
+    try:
+        checkpoint_path(mcfg.sam2.checkpoint)
+        return "sam2"
+    except WeightsError:
+        return "none"
+
+
 def similarity_features(video, config, ctx, tto_maps, tto_grid):
     """Feature maps [T, C, gh, gw] and their grid for the similarity filter and appearance visibility."""
     sim = config.filters.similarity
-    if sim.source == "tto":
+    source = similarity_source(sim)
+    ctx.stats["similarity_source"] = source
+    if source == "tto":
         return tto_maps, tto_grid
     import dataclasses
     from features.cache import video_features
     from core.errors import ConfigError
     backbones = {"geoaware": "geoaware", "dinov2": "dinov2_vitb14", "raft_fnet": "raft_small"}
-    if sim.source not in backbones:
-        raise ConfigError(f"filters.similarity.source must be tto, geoaware, dinov2 or raft_fnet, got {sim.source!r}")
-    fcfg = dataclasses.replace(config.features, backbone=backbones[sim.source], resolution=sim.resolution,
+    if source not in backbones:
+        raise ConfigError(f"filters.similarity.source must be auto, tto, geoaware, dinov2 or raft_fnet, got {source!r}")
+    fcfg = dataclasses.replace(config.features, backbone=backbones[source], resolution=sim.resolution,
                                weights=sim.weights, aggregation_weights=sim.aggregation_weights,
                                random_init=sim.random_init)
     fs = video_features(video, fcfg, _cache(ctx), ctx.progress, seed=config.seed)
@@ -77,18 +112,20 @@ def similarity_features(video, config, ctx, tto_maps, tto_grid):
 def object_masks(video, queries, bank, config, ctx):
     """Stage 3a: the object mask of every query (MaskSet), or None."""
     mcfg = config.filters.mask
-    if mcfg.source == "none":
+    source = mask_source(mcfg)
+    ctx.stats["mask_source"] = source
+    if source == "none":
         return None
     t0 = time.perf_counter()
-    if mcfg.source == "sam2":
+    if source == "sam2":
         from filters.sam2_masks import sam2_masks
         masks = sam2_masks(video, queries, mcfg.sam2, _cache(ctx), ctx.progress, seed=config.seed)
-    elif mcfg.source == "offline":
+    elif source == "offline":
         from filters.offline_mask import offline_masks
         masks = offline_masks(bank, queries, mcfg.offline, video.shape[1:3])
     else:
         from core.errors import ConfigError
-        raise ConfigError(f"filters.mask.source must be none, sam2 or offline, got {mcfg.source!r}")
+        raise ConfigError(f"filters.mask.source must be auto, none, sam2 or offline, got {source!r}")
     ctx.stats.update({f"mask_{k}": v for k, v in masks.stats.items()})
     ctx.stats["mask_s"] = time.perf_counter() - t0
     return masks
@@ -136,7 +173,7 @@ def track_pitrack(video, queries, config, ctx):
                                         fcfg.similarity.keypoint_threshold))
     hook = CandidateFilters(filters, cfg.occlusion_threshold)
     if observations is not None and hook:
-        observations[2] = hook.observations(observations[0], observations[2], tq)
+        observations[2] = hook.observations(observations[0], observations[2])
 
     intervals, use_inf = cfg.parsed_intervals()                                        # 4
     est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2, fusion,
@@ -146,7 +183,8 @@ def track_pitrack(video, queries, config, ctx):
     similarity = None                                                                  # 5
     if config.visibility.appearance:
         similarity = trajectory_similarity(maps, to_grid, templates, est.xy)
-    visible = combined_visibility(est.vis, similarity, config.visibility.similarity_threshold, tq)
+    visible = combined_visibility(est.vis, similarity, config.visibility.similarity_threshold,
+                                 config.visibility.relative_threshold, tq)
 
     def to_original(xy):
         return scale_xy(from_center(np.asarray(xy)), hw, (H, W))

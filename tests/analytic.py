@@ -63,19 +63,20 @@ def rotate(omega, c):
 def moving_square(x0, y0, side, v):
     """A square [x0, x0 + side) × [y0, y0 + side) (pixel centres, frame 0) moving by ``v`` px per frame over a
     static background. Returns (warp, hidden, inside(xy, t)) (``hidden`` for AnalyticBank): the background
-    covered by the square in frame b is occluded there; the square itself is never occluded."""
+    covered by the square in frame b is occluded there, and its flow a -> b is the square's motion (what a
+    flow estimator reports there: the occluder's); the square itself is never occluded."""
     v = np.asarray(v, np.float64)
 
     def inside(xy, t):
         x, y = xy[..., 0] - t * v[0], xy[..., 1] - t * v[1]
         return (x >= x0) & (x < x0 + side) & (y >= y0) & (y < y0 + side)
 
-    def warp(xy, a, b):
-        obj = inside(xy, a)[..., None]
-        return np.where(obj, xy + (b - a) * v, xy)
-
     def hidden(xy, a, b):
         # a background pixel of frame a (it does not move) is hidden in b where the square is in b
         return ~inside(xy, a) & inside(xy, b)
+
+    def warp(xy, a, b):
+        moves = (inside(xy, a) | hidden(xy, a, b))[..., None]
+        return np.where(moves, xy + (b - a) * v, xy)
 
     return warp, hidden, inside

@@ -8,8 +8,6 @@ from core.sampling import sample_fields
 from fusion.integrate import combine, integrate, needed_pairs
 from pitrack.config import default_section
 
-AnalyticFlows = AnalyticBank
-
 
 def run(bank, q, tq, intervals=(1, 2, 4, 8), use_inf=True, fusion=None):
     """Both passes outward from the query frames (least-σ selection when ``fusion`` is None)."""
@@ -25,7 +23,7 @@ def test_sample_fields_is_bilinear_at_pixel_centres():
 
 
 def test_translation_is_exact_and_variance_adds():
-    bank = AnalyticFlows(10, (40, 50), translate([1.5, -0.5]))
+    bank = AnalyticBank(10, (40, 50), translate([1.5, -0.5]))
     xy, var, occ, vis = run(bank, [[10, 30]], [0])
     expect = np.array([10, 30]) + np.arange(10)[:, None] * np.array([1.5, -0.5])
     assert np.allclose(xy[0].numpy(), expect, atol=1e-4)
@@ -36,7 +34,7 @@ def test_translation_is_exact_and_variance_adds():
 
 def test_rotation_from_middle_query_both_directions():
     c = np.array([20.0, 20.0])
-    bank = AnalyticFlows(12, (41, 41), rotate(0.05, c))
+    bank = AnalyticBank(12, (41, 41), rotate(0.05, c))
     q = np.array([[30.0, 20.0]])
     xy = run(bank, q, [5])[0]
     for t in range(12):
@@ -46,7 +44,7 @@ def test_rotation_from_middle_query_both_directions():
 
 
 def test_point_leaving_the_frame_is_occluded():
-    bank = AnalyticFlows(8, (20, 20), translate([4.0, 0.0]))
+    bank = AnalyticBank(8, (20, 20), translate([4.0, 0.0]))
     xy, var, occ, vis = run(bank, [[10, 10]], [0])
     inside = xy[0, :, 0].numpy() <= 19.5
     assert vis[0].numpy().tolist() == inside.tolist() and not inside.all()
@@ -56,7 +54,7 @@ def test_occluded_stretch_and_recovery_through_the_query_interval():
     # frames 3..5 hide everything right of x = 0 (the whole frame): chained candidates through them stay
     # occluded (occlusion takes the max), the query-frame interval recovers the point at frame 6
     occluded = lambda xy, b: np.full(xy.shape[:2], 3 <= b <= 5)
-    bank = AnalyticFlows(10, (30, 40), translate([1.0, 0.0]), occluded)
+    bank = AnalyticBank(10, (30, 40), translate([1.0, 0.0]), occluded)
     xy, var, occ, vis = run(bank, [[5, 15]], [0], intervals=(1,), use_inf=True)
     assert vis[0].numpy().tolist() == [True, True, True, False, False, False, True, True, True, True]
     assert np.allclose(xy[0, :, 0].numpy(), 5 + np.arange(10), atol=1e-4)
@@ -79,7 +77,7 @@ def test_selection_prefers_visible_then_least_variance():
 def test_needed_pairs_cover_both_passes():
     pairs = needed_pairs([2], 6, [1, 2], True, sweep=False)
     assert (1, 2) not in pairs and (3, 2) not in pairs and (2, 3) in pairs and (2, 1) in pairs and (2, 5) in pairs and (0, 2) not in pairs
-    bank = AnalyticFlows(6, (10, 10), translate([0.0, 0.0]))
+    bank = AnalyticBank(6, (10, 10), translate([0.0, 0.0]))
     run(bank, [[5, 5]], [2], intervals=(1, 2))
     assert set(bank.calls) <= pairs
     bank.calls.clear()

@@ -9,12 +9,17 @@ import torch
 
 from features.backbones import DinoV2, RaftEncoder, build_dinov2
 from features.cache import video_features
-from features.config import FeatureConfig
 from features.grid import FeatureGrid, feature_image_hw
 from core.errors import WeightsError
 from core.paths import WEIGHTS_ENV
+from pitrack.config import default_section
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def FeatureConfig(**changes):
+    """configs/default.yaml's features section with ``changes``."""
+    return default_section("features", **changes)
 
 
 def _support_centre(net, hw, cell, out_index=None):
@@ -77,7 +82,7 @@ def test_grid_maps_are_exact_both_ways(stride, offset):
 # --- RAFT-small encoder --------------------------------------------------------------------------------
 
 def test_raft_encoder_loads_strictly_from_the_official_checkpoint(raft_weights):
-    from flow.raft import _mapped_tensors, _read_checkpoint
+    from core.raft_model import _mapped_tensors, _read_checkpoint
     enc = RaftEncoder()
     net = enc.net
     assert enc.weights_path == raft_weights and enc.source == raft_weights

@@ -341,7 +341,8 @@ def test_bank_sample_at_points_matches_whole_fields(tmp_path):
     (fb_occlusion_variance of bank.flow(a, b) against bank.flow(b, a), sampled bilinearly at the points) where
     the fields are smooth (compare at points whose whole-field occlusion is low)."""
     video = _davis("car-shadow", 3)
-    cfg = FlowConfig(backend="dis", resolution="160x96")
+    # FB parameters other than fb_occlusion_variance's defaults: the bank must use its config's
+    cfg = FlowConfig(backend="dis", resolution="160x96", fb_tau=1.5, fb_alpha=0.02, var_floor=0.3, var_gain=0.5)
     bank = FlowBank(video, cfg, cache_dir=None, progress=False)
     rng = np.random.default_rng(0)
     pts = torch.from_numpy(rng.uniform([5, 5], [150, 86], (2, 40, 2)).astype(np.float32))
@@ -359,3 +360,36 @@ def test_bank_sample_at_points_matches_whole_fields(tmp_path):
     calm = (slow[..., 2] < 0.05) & (fast[..., 2] < 0.05)
     assert calm.sum() > 20
     assert torch.allclose(fast[..., 3][calm], slow[..., 3][calm], atol=0.5)
+    # at pixel centres the bilinear sample of the whole field is the field's value there, which is the same
+    # formula evaluated at that point: both paths agree everywhere (occluded and leaving points included)
+    field = torch.from_numpy(np.stack(fields))
+    ys, xs = np.mgrid[0:96:3, 0:160:3]
+    centres = torch.from_numpy(np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32))[None].repeat(2, 1, 1)
+    fast, slow = bank.sample(pairs, centres), sample_fields(field, centres)
+    assert (slow[..., 2] > 0.5).sum() > 10                                 # some occlusion to compare
+    assert torch.allclose(fast[..., :3], slow[..., :3], atol=1e-4)
+    assert torch.allclose(fast[..., 3], slow[..., 3], rtol=1e-4, atol=1e-4)
+
+
+def test_bank_sample_formulas_at_points_on_hand_made_flows():
+    """FlowBank.sample on flows set by hand (a translation by (2, 3) px and its inverse, except where the
+    backward flow is wrong by (0, 4) px): dx, dy, the FB occlusion and variance at each point, and a point
+    whose target leaves the frame (downwards) is occluded with variance var_max."""
+    video = np.zeros((2, 20, 30, 3), np.uint8)
+    cfg = FlowConfig(backend="dis", resolution="native", fb_tau=1.0, fb_alpha=0.0, var_floor=0.25, var_gain=0.25,
+                     var_max=100.0)
+    bank = FlowBank(video, cfg, None, progress=False)
+    fwd = np.zeros((2, 20, 30), np.float16)
+    fwd[0], fwd[1] = 2.0, 3.0
+    bwd = -fwd.copy()
+    bwd[1, :, 21:] = 1.0                          # in frame 1, columns >= 21 point back 4 px off
+    bank._flows[(0, 1)], bank._flows[(1, 0)] = fwd, bwd
+    pts = torch.tensor([[[5.0, 5.0], [20.0, 5.0], [5.0, 17.0], [5.0, 15.5]]])
+    s = bank.sample([(0, 1)], pts)[0]
+    assert s[:, :2].tolist() == [[2.0, 3.0]] * 4
+    # p = (5, 5): back to p, r = 0; p = (20, 5): q = (22, 8), r = 4: occ = 1 − exp(−16 / 2), σ² = 0.25 + 0.25·16
+    assert s[0, 2].item() == 0.0 and s[0, 3].item() == pytest.approx(0.25)
+    assert s[1, 2].item() == pytest.approx(1 - np.exp(-8.0), abs=1e-6) and s[1, 3].item() == pytest.approx(4.25)
+    # p = (5, 17): q = (7, 20) lies below y = h − 0.5 = 19.5: left the frame; p = (5, 15.5): q.y = 18.5, inside
+    assert s[2, 2].item() == 1.0 and s[2, 3].item() == 100.0
+    assert s[3, 2].item() == 0.0 and s[3, 3].item() == pytest.approx(0.25)

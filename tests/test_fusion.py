@@ -7,7 +7,7 @@ import torch
 
 from fusion.gaussian import chain_gaussian, merge_gaussians, reject_outliers
 from fusion.integrate import combine, fuse_observation, integrate
-from analytic import AnalyticBank as AnalyticFlows, translate
+from analytic import AnalyticBank, translate
 from pitrack.config import default_section
 
 
@@ -94,7 +94,7 @@ def test_observation_reinitialises_and_backward_sweep_recovers_the_gap():
     """Frames 3–5 hide the point; the Δ ≤ 2 chains cannot bridge 3 frames, so the forward pass loses it.
     A keypoint observation at frame 9 re-finds it; the backward sweep then recovers frames 6–8."""
     T = 12
-    bank = AnalyticFlows(T, (30, 40), translate([1.0, 0.0]), _occluded_3_to_5)
+    bank = AnalyticBank(T, (30, 40), translate([1.0, 0.0]), _occluded_3_to_5)
     lost = _run(bank, FusionConfig(backward=False))
     assert lost.vis[0].tolist() == [True] * 3 + [False] * 9
     obs = _observation_at(9, bank, T, 1.0)
@@ -110,7 +110,7 @@ def test_observation_reinitialises_and_backward_sweep_recovers_the_gap():
 
 def test_observation_merges_with_a_visible_estimate():
     T = 6
-    bank = AnalyticFlows(T, (30, 40), translate([1.0, 0.0]))
+    bank = AnalyticBank(T, (30, 40), translate([1.0, 0.0]))
     obs_xy, obs_var, obs_ok = _observation_at(4, bank, T, 1.0)
     obs_xy[0, 4, 0] += 1.0                                          # observation 1 px off
     plain = _run(bank, FusionConfig(backward=False))
@@ -123,14 +123,14 @@ def test_sweep_replaces_visible_estimates_only_with_the_switch():
     # the forward chains are visible but noisy (large variance on Δ=1 flows): the sweep's estimates are
     # equally good here, so only the switch lets it replace visible estimates at all
     T = 8
-    bank = AnalyticFlows(T, (30, 40), translate([1.0, 0.0]))
+    bank = AnalyticBank(T, (30, 40), translate([1.0, 0.0]))
     a = _run(bank, FusionConfig(backward=True, backward_replace_smaller_sigma=False), intervals=(1,), use_inf=True)
     b = _run(bank, FusionConfig(backward=True, backward_replace_smaller_sigma=True), intervals=(1,), use_inf=True)
     assert a.vis.all() and b.vis.all()
     assert torch.all(b.var <= a.var + 1e-6)
 
 
-class _ForwardFlowsHideFrames3To5(AnalyticFlows):
+class _ForwardFlowsHideFrames3To5(AnalyticBank):
     """Translation; flows a → b with a < b mark frames 3–5 occluded, backward flows do not."""
 
     def fields(self, a, b):
@@ -170,3 +170,33 @@ def test_observation_gate_drops_conflicts():
     assert m_xy[:, 0].tolist() == pytest.approx([1.0, 0.0, 30.0])   # merged; conflict dropped; re-initialised
     assert m_var.tolist() == pytest.approx([0.5, 1.0, 1.0]) and m_vis.all() and m_occ[2] == 0
     assert fuse_observation(xy, var, occ, vis, obs_xy, torch.ones(3), ok)[0][1, 0] == pytest.approx(15.0)  # no gate
+
+
+def test_candidate_filter_hook_rejects_candidates():
+    """The hook sees each frame's candidates (queries, positions, occlusion, ok) and its returned occlusion is
+    what selection uses: rejecting every candidate of frames 3 and 4 occludes the point there; the query-frame
+    interval recovers it at frame 5."""
+    T = 8
+    bank = AnalyticBank(T, (30, 40), translate([1.0, 0.0]))
+    calls = []
+
+    def reject_3_4(t, idx, xy, occ, ok):
+        calls.append((t, idx.clone(), xy.clone(), occ.clone(), ok.clone()))
+        return torch.where(torch.tensor(t in (3, 4)), torch.ones_like(occ), occ)
+
+    def run_(hook):
+        return integrate(bank, T, np.array([[5.0, 15.0]], np.float32), np.array([0]), [1], True, 0.5, 0.25, None,
+                         candidate_filter=hook)
+
+    plain = run_(None)
+    est = run_(reject_3_4)
+    assert plain.vis[0].all()
+    assert est.vis[0].tolist() == [True, True, True, False, False, True, True, True]
+    assert np.allclose(est.xy[0, :, 0].numpy(), 5 + np.arange(T), atol=1e-4)
+    t, idx, xy, occ, ok = next(c for c in calls if c[0] == 2)       # frame 2: Δ = 1 and the query frame (Δ = ∞)
+    assert idx.tolist() == [0] and xy.shape == (1, 2, 2) and ok.all() and (occ < 0.5).all()
+    assert np.allclose(xy[0].numpy(), [[7.0, 15.0], [7.0, 15.0]], atol=1e-4)
+    assert sorted({c[0] for c in calls}) == list(range(1, T))
+    # a hook that rejects nothing changes nothing
+    same = run_(lambda t, idx, xy, occ, ok: occ)
+    assert torch.equal(same.xy, plain.xy) and torch.equal(same.vis, plain.vis) and torch.equal(same.var, plain.var)

@@ -10,17 +10,21 @@ import pytest
 import torch
 
 from features.grid import FeatureGrid
-from pitrack.config import load_config
+from pitrack.config import default_section, load_config
 from core.coords import to_center
 from core.errors import ConfigError
-from tto.config import TTOConfig
-from tto.keypoints import build_model, keypoint_observations, predict, refined_maps_all
+from tto.keypoints import build_model, keypoint_observations, optimise, predict, refined_maps_all, refined_video_maps
 from tto.model import ResidualCNN, soft_argmax
 from tto.pairs import best_buddies, flow_trajectories
 from tto.train import TrainData, evaluate_loss, lr_at, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
+
+
+def TTOConfig(**changes):
+    """configs/default.yaml's tto section with ``changes``."""
+    return default_section("tto", **changes)
 
 
 # --- soft-argmax and the refinement geometry ------------------------------------------------------------
@@ -166,12 +170,10 @@ def raft_clip():
     from eval.synthetic import make_clip
     from features.backbones import RaftEncoder
     from features.cache import video_features
-    from features.config import FeatureConfig
     from flow.bank import FlowBank
-    from flow.config import FlowConfig
     video, points, occluded = make_clip(num_frames=10, size_hw=(96, 128), seed=1, num_points=40)
-    bank = FlowBank(video, FlowConfig(backend="dis", resolution="native"), None, progress=False)
-    fs = video_features(video, FeatureConfig(resolution="256x192"), None, backbone=RaftEncoder(path))
+    bank = FlowBank(video, default_section("flow", backend="dis", resolution="native"), None, progress=False)
+    fs = video_features(video, default_section("features", resolution="256x192"), None, backbone=RaftEncoder(path))
     cfg = TTOConfig(enabled=True, steps=150, warmup_steps=5, frames_per_step=2, traj_per_pair=32, buddies_per_pair=32,
                     cycle_per_pair=16, traj_grid=8.0, lr=5e-3)
     xy, ok, _ = flow_trajectories(bank, cfg)
@@ -239,16 +241,29 @@ def test_resume_after_interruption_gives_the_same_model(raft_clip, tmp_path):
     assert any("rejected" in str(x.message) for x in w) and st["tto_steps"] == 4
 
 
-# --- the entry point --------------------------------------------------------------------------------------
+# --- the entry points: optimise, refined_video_maps, keypoint_observations -----------------------------
 
 def _tiny_config(**tto):
     base = dict(enabled=True, steps=4, warmup_steps=1, frames_per_step=2, traj_per_pair=16, buddies_per_pair=16,
                 cycle_per_pair=8, traj_grid=8.0, checkpoint_every=2, similarity_threshold=0.0, cycle_tolerance=0.0,
                 threads=1)
     base.update(tto)
+    # the filters' sources explicit: 'auto' would pick SAM2 / GeoAware on a machine with their checkpoints
     return load_config({"tracker": "pitrack", "seed": 3, "flow": {"backend": "dis", "resolution": "native"},
                         "features": {"backbone": "dinov2_vits14", "random_init": True, "resolution": "112x84"},
+                        "filters": {"mask": {"source": "none"}, "similarity": {"source": "tto"}},
                         "tto": base})
+
+
+def _keypoints(video, q, tq, bank, config, cache_dir):
+    """The keypoint stage as the pipeline runs it: features -> optimise -> refined maps -> observations."""
+    from features.cache import video_features
+    fs = video_features(video, config.features, cache_dir, seed=config.seed)
+    model, st = optimise(fs, bank, config.tto, config.seed, cache_dir)
+    maps = refined_video_maps(model, fs, config.tto.threads)
+    xy, var, valid, kst = keypoint_observations(model, maps, fs.grid, q, tq, bank.working_hw, video.shape[1:3],
+                                                config.tto)
+    return xy, var, valid, {**fs.stats, **st, **kst}, model
 
 
 def test_random_init_dinov2_end_to_end_with_cache(tmp_path):
@@ -259,7 +274,7 @@ def test_random_init_dinov2_end_to_end_with_cache(tmp_path):
     bank = FlowBank(video, config.flow, None, progress=False)
     q = to_center(points[:, 0])
     tq = np.array([0, 0, 1, 2, 5, 5, 3, 0][:len(q)])
-    xy, var, valid, st = keypoint_observations(video, q, tq, bank, config, str(tmp_path), progress=False)
+    xy, var, valid, st, model = _keypoints(video, q, tq, bank, config, str(tmp_path))
     N, T = len(q), video.shape[0]
     assert xy.shape == (N, T, 2) and var.shape == (N, T) and valid.shape == (N, T) and valid.dtype == torch.bool
     assert torch.isfinite(xy).all() and (var > 0).all()
@@ -270,12 +285,19 @@ def test_random_init_dinov2_end_to_end_with_cache(tmp_path):
         assert k in st
     assert st["tto_steps"] == 4 and st["backbone_evals"] == T and st["feature_grid"] == "8x6"
     assert len(list((tmp_path / "tto").glob("*.pt"))) == 1 and len(list((tmp_path / "features").glob("*.npz"))) == 1
-    # a second run: features from the cache, no optimisation step, the same observations
-    xy2, var2, valid2, st2 = keypoint_observations(video, q, tq, bank, config, str(tmp_path), progress=False)
+    # a second run: features from the cache, no optimisation step (the checkpoint is complete), the same
+    # model bit for bit and the same observations
+    xy2, var2, valid2, st2, model2 = _keypoints(video, q, tq, bank, config, str(tmp_path))
     assert st2["backbone_evals"] == 0 and st2["tto_steps"] == 0 and "traj_count" not in st2
+    assert st2["tto_resumed"] and st2["tto_step_start"] == 4 and st2["tto_key"] == st["tto_key"]
+    for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        assert torch.equal(a, b), k
     assert torch.equal(xy, xy2) and torch.equal(var, var2) and torch.equal(valid, valid2)
+    # without a cache folder the optimisation runs again and lands on the same model (seeded)
+    xy4, _, _, st4, _ = _keypoints(video, q, tq, bank, config, None)
+    assert st4["tto_steps"] == 4 and torch.equal(xy, xy4)
     # provider-only settings reuse the checkpoint; a training setting does not
-    _, _, valid3, st3 = keypoint_observations(video, q, tq, bank, _tiny_config(similarity_threshold=2.0), str(tmp_path))
+    _, _, valid3, st3, _ = _keypoints(video, q, tq, bank, _tiny_config(similarity_threshold=2.0), str(tmp_path))
     assert st3["tto_steps"] == 0 and not valid3.any()
     from tto.train import train_key
     assert train_key("f", "d", _tiny_config(lr=5e-4).tto, 3) != train_key("f", "d", config.tto, 3) == \
@@ -283,21 +305,58 @@ def test_random_init_dinov2_end_to_end_with_cache(tmp_path):
     assert train_key("f", "d", config.tto, 4) != train_key("f", "d", config.tto, 3) != train_key("g", "d", config.tto, 3)
 
 
+def test_optimise_resumes_an_interrupted_checkpoint(tmp_path, monkeypatch):
+    """optimise stopped after step 2 (a checkpoint every 2 steps) and called again continues from step 2 and
+    ends on the model of an uninterrupted run."""
+    from eval.synthetic import make_clip
+    from features.cache import video_features
+    from flow.bank import FlowBank
+    import tto.train as tto_train
+    video, _, _ = make_clip(num_frames=6, size_hw=(60, 80), seed=2, num_points=8)
+    config = _tiny_config()
+    bank = FlowBank(video, config.flow, None, progress=False)
+    fs = video_features(video, config.features, None, seed=config.seed)
+    ref, _ = optimise(fs, bank, config.tto, config.seed, None)
+    real_train = tto_train.train
+
+    def interrupted(*args, **kwargs):
+        def stop(step):
+            if step == 2:
+                raise KeyboardInterrupt
+        return real_train(*args, **kwargs, on_step=stop)
+
+    import tto.keypoints
+    monkeypatch.setattr(tto.keypoints, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        optimise(fs, bank, config.tto, config.seed, str(tmp_path))
+    monkeypatch.setattr(tto.keypoints, "train", real_train)
+    model, st = optimise(fs, bank, config.tto, config.seed, str(tmp_path))
+    assert st["tto_resumed"] and st["tto_step_start"] == 2 and st["tto_steps"] == 2
+    for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_disabled_provider_and_configs():
-    config = load_config({"tracker": "pitrack"})
+    from features.cache import FeatureSet
+    config = load_config({"tto": {"enabled": False}})
     assert config.tto.enabled is False and config.features.backbone == "raft_small"
-    video = np.zeros((3, 32, 32, 3), np.uint8)
 
     class NoBank:
-        working_hw = (32, 32)
+        """Any use of the bank fails: a disabled optimisation must not touch it."""
 
-    xy, var, valid, st = keypoint_observations(video, np.zeros((2, 2)), np.zeros(2, int), NoBank(), config)
-    assert xy.shape == (2, 3, 2) and not valid.any() and st["tto_enabled"] is False and st["tto_s"] == 0
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(3, 6, 4, 4, generator=g).half()
+    fs = FeatureSet(feats, np.zeros((3, 32, 32, 3), np.uint8), FeatureGrid((32, 32), 8, 0.0), "k", {})
+    model, st = optimise(fs, NoBank(), config.tto, config.seed, None)
+    assert not model.training and st["tto_enabled"] is False and st["tto_s"] == 0 and st["tto_steps"] == 0
+    # untrained: the residual CNN starts at zero, so the refined maps are the normalised backbone features
+    maps = refined_video_maps(model, fs, config.tto.threads)
+    assert torch.allclose(maps, torch.nn.functional.normalize(feats.float(), dim=1), atol=1e-6)
     for name in ("default.yaml", "tto_gpu.yaml"):
         c = load_config(os.path.join(CONFIGS, name))
-        assert c.tto.enabled and c.fusion.keypoints and c.tracker == "pitrack" and c.features.backbone == "raft_small"
+        assert c.tto.enabled and c.tracker == "pitrack" and c.features.backbone == "raft_small"
     off = load_config(os.path.join(CONFIGS, "ablations", "no_keypoints.yaml"))
-    assert off.tto.enabled is False and off.fusion.keypoints is False
+    assert off.tto.enabled is False
     with pytest.raises(ConfigError, match="tto.stepz"):
         load_config({"tto": {"stepz": 3}})
     with pytest.raises(ConfigError, match="features.batch_size"):
@@ -308,7 +367,8 @@ def test_disabled_provider_and_configs():
 
 
 def test_tracker_wires_keypoints_into_the_integrator():
-    """Tracker(config with tto.enabled) runs the provider and reports its statistics; keypoints off skips it."""
+    """Tracker(config with tto.enabled) runs the optimisation and the keypoints and reports their statistics;
+    tto.enabled false skips both (the features for the similarity filter are still computed)."""
     from eval.synthetic import make_clip
     from pitrack import Tracker
     video, points, _ = make_clip(num_frames=6, size_hw=(60, 80), seed=2, num_points=8)
@@ -316,8 +376,8 @@ def test_tracker_wires_keypoints_into_the_integrator():
     on = Tracker(_tiny_config(), progress=False)
     tracks, visible, sigma = on(video, q)
     assert tracks.shape == (len(q), 6, 2) and on.stats["tto_steps"] == 4 and on.stats["backbone_evals"] == 6
-    cfg = _tiny_config()
-    cfg.fusion.keypoints = False
-    off = Tracker(cfg, progress=False)
+    assert "kp_obs_fraction" in on.stats and on.extras["keypoints"]["valid"].shape == (len(q), 6)
+    off = Tracker(_tiny_config(enabled=False), progress=False)
     off(video, q)
-    assert "tto_steps" not in off.stats
+    assert off.stats["tto_steps"] == 0 and "traj_count" not in off.stats
+    assert "kp_obs_fraction" not in off.stats and "keypoints" not in off.extras

@@ -10,8 +10,9 @@ is valid when c_it > ``similarity_threshold``, b_it ≤ ``cycle_tolerance`` (unl
 t ≠ t_i (the query frame is the query itself). The cycle check is what rejects most matches of points
 that are occluded in t: their best match is something else, whose best match back is elsewhere.
 
-:func:`keypoint_observations` is the one entry point: features (cached) -> trajectories from the flow
-bank -> optimisation (checkpointed, resumable) -> matches, all keyed in the per-video cache.
+The pipeline (pitrack/pipeline.py) calls :func:`optimise` (training trajectories from the flow bank ->
+optimisation, checkpointed in the per-video cache and resumable), then :func:`refined_video_maps`, then
+:func:`keypoint_observations` (the matches of the queries in every frame).
 """
 import os
 import resource
@@ -106,7 +107,6 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
                  tto_params=int(sum(p.numel() for p in model.parameters())))
     if not cfg.enabled:
         return model.eval(), stats
-    torch.manual_seed(seed)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     hw = tuple(bank.working_hw)

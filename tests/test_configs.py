@@ -1,0 +1,137 @@
+"""The configs: configs/default.yaml is the one source of defaults, every file in configs/ loads, and every
+ablation changes exactly the keys its `# changes:` line names."""
+import dataclasses
+import glob
+import os
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from core.errors import ConfigError
+from fusion.config import FusionConfig
+from pitrack.config import DEFAULT_CONFIG, Config, default_section, from_dict, load_config
+
+CONFIGS = os.path.join(ROOT, "configs")
+ABLATIONS = sorted(glob.glob(os.path.join(CONFIGS, "ablations", "*.yaml")))
+ALL = sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
+
+
+def flatten(d, prefix=""):
+    """Nested dict -> {dotted key: value} (lists are values)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings(config):
+    """Every setting of a Config as {dotted key: value}, without its name."""
+    d = dataclasses.asdict(config)
+    d.pop("name")
+    return flatten(d)
+
+
+def documented_changes(path):
+    """The dotted keys of the file's `# changes: a.b, c.d` line; fails when the line is missing."""
+    lines = [m.group(1) for m in (re.match(r"^#\s*changes:\s*(.*)$", ln.strip()) for ln in open(path)) if m]
+    assert len(lines) == 1, f"{os.path.relpath(path, ROOT)} needs exactly one '# changes: key.a, key.b' line"
+    return {k.strip() for k in lines[0].split(",") if k.strip()}
+
+
+def test_there_are_ablations():
+    assert len(ABLATIONS) >= 5
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: os.path.basename(p))
+def test_ablation_changes_exactly_the_documented_keys(path):
+    documented = documented_changes(path)
+    default, ablation = settings(load_config(DEFAULT_CONFIG)), settings(load_config(path))
+    assert set(default) == set(ablation)
+    changed = {k for k in default if default[k] != ablation[k]}
+    assert changed == documented, (f"{os.path.basename(path)} changes {sorted(changed)}, its '# changes:' line "
+                                   f"says {sorted(documented)}")
+
+
+def test_documented_changes_line_is_required(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("# Ablation without the line\nfusion:\n  backward: false\n")
+    with pytest.raises(AssertionError, match="changes:"):
+        documented_changes(str(p))
+    p.write_text("# changes: fusion.backward, fusion.correlation\nfusion:\n  backward: false\n")
+    assert documented_changes(str(p)) == {"fusion.backward", "fusion.correlation"}
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: os.path.relpath(p, CONFIGS))
+def test_every_config_loads(path):
+    c = load_config(path)
+    assert isinstance(c, Config) and c.name == os.path.splitext(os.path.basename(path))[0]
+    assert set(settings(c)) == set(settings(load_config(None)))
+
+
+def test_default_is_default_yaml():
+    none = load_config(None)
+    assert none == load_config(DEFAULT_CONFIG) == load_config(os.path.join(CONFIGS, "default.yaml"))
+    assert settings(load_config({})) == settings(none)             # an empty dict changes nothing
+    # every key of the Config is written in default.yaml, with that value
+    with open(DEFAULT_CONFIG) as f:
+        raw = flatten(yaml.safe_load(f))
+    got = settings(none)
+    assert set(raw) == set(got)
+    for k, v in raw.items():
+        if isinstance(v, list):
+            assert [str(x) for x in v] == [str(x) for x in got[k]], k
+        else:
+            assert got[k] == v, k
+    # a dict is read as changes to default.yaml (no 'base:'), other sections untouched
+    c = load_config({"fusion": {"correlation": 0.25}})
+    diff = {k for k, v in settings(c).items() if v != got[k]}
+    assert diff == {"fusion.correlation"} and c.fusion.correlation == 0.25
+    # a section built alone is default.yaml's with the changes applied
+    assert default_section("fusion") == none.fusion
+    assert default_section("fusion", backward=False) == dataclasses.replace(none.fusion, backward=False)
+    with pytest.raises(TypeError):
+        default_section("fusion", keypoints=False)                  # fusion.keypoints is gone
+
+
+def test_missing_and_unknown_keys_raise():
+    full = dataclasses.asdict(load_config(None))
+    # a missing key inside a section
+    fusion = dict(full["fusion"])
+    del fusion["correlation"]
+    with pytest.raises(ConfigError, match=r"fusion\.correlation.*missing"):
+        from_dict(FusionConfig, fusion, prefix="fusion.")
+    # a missing section
+    data = dict(full)
+    del data["visibility"]
+    with pytest.raises(ConfigError, match=r"'visibility' is missing"):
+        from_dict(Config, data)
+    # a missing key of a nested section
+    data = dataclasses.asdict(load_config(None))
+    del data["filters"]["similarity"]["flow_threshold"]
+    with pytest.raises(ConfigError, match=r"filters\.similarity\.flow_threshold.*missing"):
+        from_dict(Config, data)
+    assert from_dict(Config, full) == load_config(None)
+    # unknown keys: in a file, in a dict, in from_dict; the old fusion.keypoints switch is one
+    with pytest.raises(ConfigError, match=r"unknown config key 'fusion\.keypoints'"):
+        load_config({"fusion": {"keypoints": False}})
+    with pytest.raises(ConfigError, match=r"unknown config key 'filters\.mask\.colour'"):
+        load_config({"filters": {"mask": {"colour": "red"}}})
+    with pytest.raises(ConfigError, match=r"unknown config key 'sections'"):
+        load_config({"sections": {}})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_dict(FusionConfig, dict(full["fusion"], rho=0.3))
+
+
+def test_unknown_key_in_a_file_raises(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("visibility:\n  appearance: false\n  similarity_thresold: 0.2\n")
+    with pytest.raises(ConfigError, match=r"visibility\.similarity_thresold"):
+        load_config(str(p))
+    p.write_text("flow:\n  batch_size: 2\n")
+    c = load_config(str(p))
+    assert c.flow.batch_size == 2 and c.name == "bad" and c.fusion == load_config(None).fusion
