@@ -1,1 +1,2 @@
-"""Bidirectional Gaussian integration of flow chains and keypoint observations (issue 4)."""
+"""The maths of integration: Gaussian chaining and merging, the bidirectional integrator with its candidate-filter
+hook, and visibility from flow and appearance. Tensors in, estimates out; the pipeline wires it."""

@@ -20,8 +20,8 @@ current estimates; it replaces an estimate that is occluded where the sweep's is
 switch, a visible one of larger σ). With ``backward_sources: anchored`` the sweep chains only estimates
 that a keypoint observation confirmed (and, frame by frame, what it built from them): it carries a
 re-detection back into the gap before it. With ``all`` it chains every estimate, and a forward
-estimate that is visible but on the wrong surface is then carried back too (the failure measured in
-issue 4: most frames it flipped to visible were occluded). Positions are pixel-centre working pixels inside this module.
+estimate that is visible but on the wrong surface is then carried back too (measured: most frames
+it flipped to visible were occluded). Positions are pixel-centre working pixels inside this module.
 """
 import numpy as np
 import torch
