@@ -59,3 +59,15 @@ def file_sha256(path, _memo={}):
                 h.update(chunk)
         _memo[k] = h.hexdigest()
     return _memo[k]
+
+
+def folder_mb(folder):
+    """Size of the files under ``folder`` (recursively), MB."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total / 2 ** 20

@@ -5,7 +5,8 @@ File: ``<cache_dir>/features/<key>.npz`` with ``feats`` float16 [T, C, H_f/s, W_
 sha256, or the random-init seed), the feature image size and a sha256 of the resized frames (the
 cache folder is already per video; the frame hash also catches a resize change). A file that does not
 load or does not match (key, shape, dtype, finiteness) is deleted and recomputed; files are written
-atomically, so an interrupted run leaves no partial file.
+atomically, so an interrupted run leaves no partial file; a cache that cannot be written or read
+(core.atomic.cache_write / cache_unreadable) costs one warning and the features are computed.
 """
 import hashlib
 import json
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from features.backbones import make_backbone
 from features.grid import FeatureGrid, feature_image_hw
 from core.images import resize_video
-from core.atomic import atomic_path, discard_cache_file
+from core.atomic import cache_unreadable, cache_write, discard_cache_file
 
 CACHE_FORMAT = 1
 
@@ -38,6 +39,8 @@ def _load(path, key, shape):
     try:
         with np.load(path, allow_pickle=False) as z:
             k, shp, feats = str(z["key"]), tuple(int(v) for v in z["shape"]), z["feats"]
+    except PermissionError as e:                   # not corrupt: keep it, run without it
+        return cache_unreadable(path, "feature cache file", e)
     except Exception as e:  # noqa: BLE001 - truncated zip, missing member: all mean "corrupt"
         why = f"unreadable ({type(e).__name__})"
     else:
@@ -56,9 +59,11 @@ def _load(path, key, shape):
 
 
 def _save(path, feats, key):
-    with atomic_path(path, suffix=".npz") as tmp:
+    """Write the cache file; False (with one warning) when it cannot be written."""
+    def write(tmp):
         with open(tmp, "wb") as f:
             np.savez(f, feats=feats.numpy(), key=np.array(key), shape=np.array(feats.shape, np.int64))
+    return cache_write(path, write, "feature cache file", suffix=".npz")
 
 
 def video_features(video, cfg, cache_dir=None, progress=False, seed=0, backbone=None):

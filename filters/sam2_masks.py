@@ -45,7 +45,8 @@ Cache
 along w), ``object_of_query`` int64 [N], ``mask_hw``, ``shape`` and ``key``. ``key`` = sha256 of the weights'
 sha256 (or ``random-init-seed<seed>``), the model config, the image size, the mask resolution, a hash of the
 frames (every 4th row and column, with the full shape) and the query bytes. A file that fails to load or to
-validate is deleted (core.atomic.discard_cache_file) and recomputed; files are written atomically.
+validate is deleted (core.atomic.discard_cache_file) and recomputed; files are written atomically. A cache that
+cannot be written or read (core.atomic.cache_write / cache_unreadable) costs one warning; the masks are computed.
 
 Checkpoints
 -----------
@@ -65,7 +66,7 @@ import warnings
 import numpy as np
 
 from core.checkpoints import check_fits
-from core.atomic import atomic_path, discard_cache_file
+from core.atomic import cache_unreadable, cache_write, discard_cache_file
 from core.coords import parse_resolution, to_center
 from core.devices import resolve_device
 from core.errors import ConfigError, InputError, WeightsError
@@ -482,6 +483,8 @@ def _load_cache(path, key, T, N, mask_hw):
         with np.load(path, allow_pickle=False) as z:
             k, packed, ooq = str(z["key"]), z["packed"], z["object_of_query"]
             hw = tuple(int(v) for v in z["mask_hw"])
+    except PermissionError as e:                   # not corrupt: keep it, run without it
+        return cache_unreadable(path, "SAM2 mask cache file", e)
     except Exception as e:  # noqa: BLE001 - truncated zip, missing member, bad header: all mean "corrupt"
         why = f"unreadable ({type(e).__name__})"
     else:
@@ -503,10 +506,12 @@ def _load_cache(path, key, T, N, mask_hw):
 
 
 def _save_cache(path, key, ms):
-    with atomic_path(path, suffix=".npz") as tmp:
+    """Write the cache file; False (with one warning) when it cannot be written."""
+    def write(tmp):
         with open(tmp, "wb") as f:
             np.savez_compressed(f, packed=ms.packed, object_of_query=ms.object_of_query, key=np.array(key),
                                 mask_hw=np.array(ms.mask_hw, np.int64))
+    return cache_write(path, write, "SAM2 mask cache file", suffix=".npz")
 
 
 # --- entry point ---------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ class FlowConfig:
     iterations: int  # RAFT refinement iterations
     weights: str  # explicit checkpoint path; empty: $PITRACK_WEIGHTS/<default file>, else torchvision download
     batch_size: int  # frame pairs per network evaluation
+    memory_mb: float  # flows held in memory at most (MB); over it, pairs are released and computed again
+    cache: str  # flows on disk: auto (RAFT only: DIS recomputes faster than it reads) | on | off
     dis_preset: str  # OpenCV DIS preset: ultrafast | fast | medium
     allow_download: bool  # no checkpoint file found: let torchvision download its own RAFT weights (needs internet)
     device: str  # RAFT device: auto (cuda if available, else cpu) | cpu | cuda | cuda:N

@@ -13,15 +13,19 @@ candidate is taken (MFT's rule). With no visible candidate the point is occluded
 candidate's position. A valid keypoint observation is merged with a visible estimate within the
 observation gate (a farther one is dropped as a conflict) and re-initialises an occluded one.
 
-Passes. (1) From each query frame toward the last frame and (2) toward frame 0, each frame's estimate
-built from the estimates already made in that pass. (3) Optionally a backward sweep from the last
-frame toward the first over every frame but the query's, using the backward flows t + Δ → t from the
-current estimates; it replaces an estimate that is occluded where the sweep's is visible (and, as a
-switch, a visible one of larger σ). With ``backward_sources: anchored`` the sweep chains only estimates
-that a keypoint observation confirmed (and, frame by frame, what it built from them): it carries a
-re-detection back into the gap before it. With ``all`` it chains every estimate, and a forward
-estimate that is visible but on the wrong surface is then carried back too (measured: most frames
-it flipped to visible were occluded). Positions are pixel-centre working pixels inside this module.
+Traversals (:func:`traversals`). (1) Forward, frames 0 … T−1: each query from its query frame toward the
+last frame, each frame's estimate built from the estimates already made. (2) Backward, frames T−1 … 0:
+at each frame first the queries before their query frame, from the estimates after it, then,
+optionally, the sweep over every query off its query frame, using the backward flows t + Δ → t from
+the current estimates; the sweep replaces an estimate that is occluded where its own is visible (and,
+as a switch, a visible one of larger σ). With ``backward_sources: anchored`` the sweep chains only
+estimates that a keypoint observation confirmed (and, frame by frame, what it built from them): it
+carries a re-detection back into the gap before it. With ``all`` it chains every estimate, and a
+forward estimate that is visible but on the wrong surface is then carried back too (measured: most
+frames it flipped to visible were occluded). Both steps of a backward frame read the same pairs, so
+each pair is read once per traversal; :func:`flow_schedule` lists the reads in order, which lets the
+flow bank hold a pair only while it is still needed. Positions are pixel-centre working pixels
+inside this module.
 """
 import numpy as np
 import torch
@@ -44,22 +48,6 @@ class Estimates:
         self.xy[idx, t], self.var[idx, t], self.occ[idx, t], self.vis[idx, t] = xy, var, occ, vis
         if anchor is not None:
             self.anchor[idx, t] = anchor
-
-
-def needed_pairs(query_frames, num_frames, intervals, use_inf, sweep):
-    """Directed frame pairs (s, t) the passes read: from the query frames outward, and the backward sweep."""
-    tqs = sorted(set(int(t) for t in query_frames))
-    first, last = tqs[0], tqs[-1]
-    pairs = set()
-    for t in range(num_frames):
-        for d in intervals:
-            if t - d >= first and t > first:
-                pairs.add((t - d, t))
-            if t + d < num_frames and (sweep or (t + d <= last and t < last)):
-                pairs.add((t + d, t))
-        if use_inf:
-            pairs.update((q, t) for q in tqs if q != t)
-    return pairs
 
 
 def combine(cand_xy, cand_var, cand_occ, cand_ok, threshold, fusion, radius):
@@ -111,77 +99,66 @@ def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok, gate=None):
     return xy, var, occ, vis | obs_ok
 
 
-def _pass(bank, est, frames, sources, intervals, use_inf, threshold, fusion, radius, h, w, obs, gate, mode,
-          replace_smaller, progress, desc, anchored_only=False, candidate_filter=None):
-    """One pass over ``frames``. ``sources(t)``: list of (s, query indices) whose estimate at s is chained to t.
-    ``anchored_only``: only estimates a keypoint observation confirmed (est.anchor) are chained; the result
-    is anchored too, so a re-detection is carried from frame to frame. ``candidate_filter``: see :func:`integrate`."""
+def _step(bank, est, t, groups, mode, replace_smaller, anchored_only, threshold, fusion, radius, h, w, obs, gate,
+          candidate_filter):
+    """Estimate frame ``t`` of the queries in ``groups`` = [(s, query indices)] from their estimates at s.
+
+    ``mode`` 'set' writes the estimates; 'replace' only replaces an occluded estimate with a visible one
+    (and, with ``replace_smaller``, a visible one of larger σ). ``anchored_only``: only estimates a keypoint
+    observation confirmed (est.anchor) are chained; the result is anchored too, so a re-detection is carried
+    from frame to frame. ``candidate_filter``: see :func:`integrate`."""
     N = est.xy.shape[0]
-    for t in tqdm(frames, desc=desc, disable=not progress, leave=False):
-        groups = [(s, idx) for s, idx in sources(t) if idx.numel()]
-        if not groups:
-            continue
-        G, M = len(groups), max(int(i.numel()) for _, i in groups)
-        pts = torch.zeros(G, M, 2)
-        for g, (s, idx) in enumerate(groups):
-            pts[g, :idx.numel()] = est.xy[idx, s]
-        samp = bank.sample([(s, t) for s, _ in groups], pts)                    # [G, M, 4]
-        cand_xy = torch.zeros(N, G, 2)
-        cand_var = torch.full((N, G), float("inf"))
-        cand_occ = torch.ones(N, G)
-        cand_ok = torch.zeros(N, G, dtype=torch.bool)
-        for g, (s, idx) in enumerate(groups):
-            m = idx.numel()
-            cxy, cvar = chain_gaussian(pts[g, :m], est.var[idx, s], samp[g, :m, :2], samp[g, :m, 3])
-            cand_xy[idx, g], cand_var[idx, g] = cxy, cvar
-            cand_occ[idx, g] = torch.maximum(est.occ[idx, s], samp[g, :m, 2])
-            inside = (cxy[:, 0] >= -0.5) & (cxy[:, 0] <= w - 0.5) & (cxy[:, 1] >= -0.5) & (cxy[:, 1] <= h - 0.5)
-            cand_ok[idx, g] = inside & torch.isfinite(cvar)
-            if anchored_only:
-                cand_ok[idx, g] &= est.anchor[idx, s]
-        a = torch.unique(torch.cat([idx for _, idx in groups]))
-        c_occ = cand_occ[a]
-        if candidate_filter is not None:
-            c_occ = candidate_filter(t, a, cand_xy[a], c_occ, cand_ok[a])
-        xy, var, occ, vis = combine(cand_xy[a], cand_var[a], c_occ, cand_ok[a], threshold, fusion, radius)
-        anchor = vis.clone() if anchored_only else torch.zeros_like(vis)
-        if obs is not None:
-            used = accepted_observations(xy, vis, obs[0][a, t], obs[2][a, t], gate)
-            xy, var, occ, vis = fuse_observation(xy, var, occ, vis, obs[0][a, t], obs[1][a, t], used)
-            anchor |= used
-        if mode == "replace":
-            old_vis, old_var = est.vis[a, t], est.var[a, t]
-            take = (~old_vis & vis) | (replace_smaller & old_vis & vis & (var < old_var))
-            # an estimate kept because it is already visible becomes anchored when the anchored chains
-            # agree with it (within the outlier radius), so the anchor passes through it to earlier frames
-            agree = ~take & old_vis & anchor & ((xy - est.xy[a, t]).norm(dim=-1) <= radius)
-            est.anchor[a[agree], t] = True
-            a, xy, var, occ, vis, anchor = a[take], xy[take], var[take], occ[take], vis[take], anchor[take]
-            anchor |= est.anchor[a, t]
-        est.set(a, t, xy, var, occ, vis, anchor)
+    if anchored_only:
+        groups = [(s, idx[est.anchor[idx, s]]) for s, idx in groups]
+    groups = [(s, idx) for s, idx in groups if idx.numel()]
+    if not groups:
+        return
+    G, M = len(groups), max(int(i.numel()) for _, i in groups)
+    pts = torch.zeros(G, M, 2)
+    for g, (s, idx) in enumerate(groups):
+        pts[g, :idx.numel()] = est.xy[idx, s]
+    samp = bank.sample([(s, t) for s, _ in groups], pts)                    # [G, M, 4]
+    cand_xy = torch.zeros(N, G, 2)
+    cand_var = torch.full((N, G), float("inf"))
+    cand_occ = torch.ones(N, G)
+    cand_ok = torch.zeros(N, G, dtype=torch.bool)
+    for g, (s, idx) in enumerate(groups):
+        m = idx.numel()
+        cxy, cvar = chain_gaussian(pts[g, :m], est.var[idx, s], samp[g, :m, :2], samp[g, :m, 3])
+        cand_xy[idx, g], cand_var[idx, g] = cxy, cvar
+        cand_occ[idx, g] = torch.maximum(est.occ[idx, s], samp[g, :m, 2])
+        inside = (cxy[:, 0] >= -0.5) & (cxy[:, 0] <= w - 0.5) & (cxy[:, 1] >= -0.5) & (cxy[:, 1] <= h - 0.5)
+        cand_ok[idx, g] = inside & torch.isfinite(cvar)
+    a = torch.unique(torch.cat([idx for _, idx in groups]))
+    c_occ = cand_occ[a]
+    if candidate_filter is not None:
+        c_occ = candidate_filter(t, a, cand_xy[a], c_occ, cand_ok[a])
+    xy, var, occ, vis = combine(cand_xy[a], cand_var[a], c_occ, cand_ok[a], threshold, fusion, radius)
+    anchor = vis.clone() if anchored_only else torch.zeros_like(vis)
+    if obs is not None:
+        used = accepted_observations(xy, vis, obs[0][a, t], obs[2][a, t], gate)
+        xy, var, occ, vis = fuse_observation(xy, var, occ, vis, obs[0][a, t], obs[1][a, t], used)
+        anchor |= used
+    if mode == "replace":
+        old_vis, old_var = est.vis[a, t], est.var[a, t]
+        take = (~old_vis & vis) | (replace_smaller & old_vis & vis & (var < old_var))
+        # an estimate kept because it is already visible becomes anchored when the anchored chains
+        # agree with it (within the outlier radius), so the anchor passes through it to earlier frames
+        agree = ~take & old_vis & anchor & ((xy - est.xy[a, t]).norm(dim=-1) <= radius)
+        est.anchor[a[agree], t] = True
+        a, xy, var, occ, vis, anchor = a[take], xy[take], var[take], occ[take], vis[take], anchor[take]
+        anchor |= est.anchor[a, t]
+    est.set(a, t, xy, var, occ, vis, anchor)
 
 
-def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_var, fusion=None, radius=10.0,
-              observations=None, progress=False, gate=None, candidate_filter=None):
-    """Track queries through a flow bank. ``q_xy`` [N, 2] working px (pixel-centre), ``tq`` [N] query frames.
-
-    ``bank``: anything with ``working_hw`` and ``sample(pairs, points)`` (flow.bank.FlowBank.sample).
-    ``fusion``: a FusionConfig, or None for least-σ selection without the backward sweep.
-    ``observations``: None or (xy [N, T, 2] working px, var [N, T] px², valid [N, T] bool) tensors;
-    ``gate``: working px, see :func:`fuse_observation`.
-    ``candidate_filter``: None or ``f(t, idx [M], xy [M, K, 2], occ [M, K], ok [M, K]) -> occ [M, K]``, called
-    between sampling a frame's candidates and combining them (the filters hook): it returns the candidates'
-    occlusion probabilities with those it rejects set to 1, so they take no part in selection or merging.
-    Returns an :class:`Estimates`.
-    """
-    T, (h, w) = num_frames, bank.working_hw
-    N = q_xy.shape[0]
+def traversals(num_frames, tq, intervals, use_inf, fusion):
+    """The integration's two traversals of the video, as [(name, frames, steps)], where each step of a frame
+    is (mode, sources, anchored_only) and ``sources(t)`` lists (s, query indices [M]) whose estimate at s is
+    chained to t. Forward: frames 0 … T−1, queries after their query frame. Backward: frames T−1 … 0, first
+    the queries before their query frame, then (``fusion.backward``) the sweep over every query off its
+    query frame. Every pair a frame reads is read by both its steps at once."""
+    T = int(num_frames)
     tq_t = torch.as_tensor(np.asarray(tq), dtype=torch.long)
-    est = Estimates(N, T)
-    est.set(torch.arange(N), tq_t, torch.as_tensor(q_xy, dtype=torch.float32), query_var, 0.0, True)
-    common = dict(intervals=intervals, use_inf=use_inf, threshold=threshold, fusion=fusion, radius=radius, h=h,
-                  w=w, obs=observations, gate=gate, progress=progress,
-                  candidate_filter=candidate_filter)
 
     def outward(direction):
         def sources(t):
@@ -199,7 +176,7 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
             return out
         return sources
 
-    def sweep_sources(t):
+    def sweep(t):
         active = tq_t != t
         out = [(t + d, torch.nonzero(active)[:, 0]) for d in intervals if t + d < T]
         if use_inf:
@@ -208,11 +185,54 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
                     out.append((q, torch.nonzero(tq_t == q)[:, 0]))
         return out
 
-    _pass(bank, est, range(T), outward(+1), mode="set", replace_smaller=False, desc="track forward", **common)
-    _pass(bank, est, range(T - 1, -1, -1), outward(-1), mode="set", replace_smaller=False,
-          desc="track to frame 0", **common)
+    backward_steps = [("set", outward(-1), False)]
     if fusion is not None and fusion.backward:
-        _pass(bank, est, range(T - 2, -1, -1), sweep_sources, mode="replace",
-              replace_smaller=fusion.backward_replace_smaller_sigma, desc="backward sweep",
-              anchored_only=fusion.backward_sources == "anchored", **common)
+        backward_steps.append(("replace", sweep, fusion.backward_sources == "anchored"))
+    return [("track forward", range(T), [("set", outward(+1), False)]),
+            ("track backward", range(T - 1, -1, -1), backward_steps)]
+
+
+def flow_schedule(num_frames, tq, intervals, use_inf, fusion):
+    """The reads :func:`integrate` makes, in order: a list of steps, each the directed frame pairs (s, t) of
+    one ``bank.sample`` call (for ``FlowBank.plan``). A step may read fewer pairs (no query, or no anchored
+    source), never others."""
+    steps = []
+    for _, frames, frame_steps in traversals(num_frames, tq, intervals, use_inf, fusion):
+        for t in frames:
+            for _, sources, _ in frame_steps:
+                pairs = [(s, t) for s, idx in sources(t) if idx.numel()]
+                if pairs:
+                    steps.append(pairs)
+    return steps
+
+
+def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_var, fusion=None, radius=10.0,
+              observations=None, progress=False, gate=None, candidate_filter=None):
+    """Track queries through a flow bank. ``q_xy`` [N, 2] working px (pixel-centre), ``tq`` [N] query frames.
+
+    ``bank``: anything with ``working_hw`` and ``sample(pairs, points)`` (flow.bank.FlowBank.sample); the
+    reads follow :func:`flow_schedule`, segment 'integration' of a FlowBank's plan.
+    ``fusion``: a FusionConfig, or None for least-σ selection without the backward sweep.
+    ``observations``: None or (xy [N, T, 2] working px, var [N, T] px², valid [N, T] bool) tensors;
+    ``gate``: working px, see :func:`fuse_observation`.
+    ``candidate_filter``: None or ``f(t, idx [M], xy [M, K, 2], occ [M, K], ok [M, K]) -> occ [M, K]``, called
+    between sampling a frame's candidates and combining them (the filters hook): it returns the candidates'
+    occlusion probabilities with those it rejects set to 1, so they take no part in selection or merging.
+    Returns an :class:`Estimates`.
+    """
+    T, (h, w) = num_frames, bank.working_hw
+    N = q_xy.shape[0]
+    tq_t = torch.as_tensor(np.asarray(tq), dtype=torch.long)
+    est = Estimates(N, T)
+    est.set(torch.arange(N), tq_t, torch.as_tensor(q_xy, dtype=torch.float32), query_var, 0.0, True)
+    common = dict(threshold=threshold, fusion=fusion, radius=radius, h=h, w=w, obs=observations, gate=gate,
+                  candidate_filter=candidate_filter)
+    replace_smaller = fusion is not None and fusion.backward_replace_smaller_sigma
+    if hasattr(bank, "begin"):
+        bank.begin("integration")
+    for name, frames, frame_steps in traversals(T, tq, intervals, use_inf, fusion):
+        for t in tqdm(frames, desc=name, disable=not progress, leave=False):
+            for mode, sources, anchored_only in frame_steps:
+                groups = [(s, idx) for s, idx in sources(t) if idx.numel()]
+                _step(bank, est, t, groups, mode, replace_smaller, anchored_only, **common)
     return est

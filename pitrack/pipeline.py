@@ -31,13 +31,19 @@ def _cache(ctx):
 
 
 def flow_bank(video, queries, config, ctx):
-    """Stage 1: the FlowBank with every pair the integration reads already computed or loaded."""
+    """Stage 1: the FlowBank, with the order of every read to come (the optimisation's training
+    trajectories, then the integration), so each pair is computed once and held only while needed."""
     from flow.bank import FlowBank
-    from fusion.integrate import needed_pairs
+    from fusion.integrate import flow_schedule
+    from tto.pairs import trajectory_flow_schedule
     bank = FlowBank(video, config.flow, cache_dir=_cache(ctx), progress=ctx.progress)
     intervals, use_inf = config.chain.parsed_intervals()
-    bank.prefetch(sorted(needed_pairs(queries[:, 0].astype(int), video.shape[0], intervals, use_inf,
-                                      config.fusion.backward)))
+    segments = []
+    if config.tto.enabled:
+        segments.append(("trajectories", trajectory_flow_schedule(video.shape[0], config.tto)))
+    segments.append(("integration", flow_schedule(video.shape[0], queries[:, 0].astype(int), intervals, use_inf,
+                                                  config.fusion)))
+    bank.plan(segments)
     return bank
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from pitrack.config import Config, load_config
 from core.errors import ConfigError, InputError
-from core.paths import cache_root
+from core.atomic import writable_folder
+from core.paths import cache_root, folder_mb
 from pitrack.video import check_video
 
 # tracker name -> "module:function" with signature fn(video, queries, config, context) -> (tracks, visible, sigma)
@@ -83,15 +84,23 @@ class TrackContext:
         self.progress = progress
         self.use_cache = use_cache
         self._cache_dir = cache_dir
+        self._cache_ok = None          # None: not probed yet (see video_cache_dir)
         self.stats = {}
         self.extras = {}
 
     def video_cache_dir(self):
-        """This video's cache folder (one compact folder per video, keyed by content)."""
-        if self._cache_dir is None:
-            self._cache_dir = os.path.join(cache_root(), video_digest(self._video))
-        os.makedirs(self._cache_dir, exist_ok=True)
-        return self._cache_dir
+        """This video's cache folder (one compact folder per video, keyed by content), created; or None when
+        it cannot be created or written (one warning): then the whole call runs without the cache. A folder
+        that is readable but not writable is not read either (simple and safe: no half-cached runs)."""
+        if self._cache_ok is None:
+            if self._cache_dir is None:
+                self._cache_dir = os.path.join(cache_root(), video_digest(self._video))
+            self._cache_ok = writable_folder(self._cache_dir)
+        return self._cache_dir if self._cache_ok else None
+
+    def cache_dir_in_use(self):
+        """The cache folder this call used (None when it used none)."""
+        return self._cache_dir if self.use_cache and self._cache_ok else None
 
 
 class Tracker:
@@ -121,6 +130,8 @@ class Tracker:
         t0 = time.perf_counter()
         tracks, visible, sigma = self._backend(video, queries, self.config, ctx)
         ctx.stats["seconds"] = time.perf_counter() - t0
+        if ctx.cache_dir_in_use():
+            ctx.stats["cache_mb"] = folder_mb(ctx.cache_dir_in_use())
         self.stats = ctx.stats
         self.extras = ctx.extras
         N, T = queries.shape[0], video.shape[0]

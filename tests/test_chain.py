@@ -5,7 +5,7 @@ import torch
 
 from analytic import AnalyticBank, rotate, translate
 from core.sampling import sample_fields
-from fusion.integrate import combine, integrate, needed_pairs
+from fusion.integrate import combine, flow_schedule, integrate
 from pitrack.config import default_section
 
 
@@ -74,33 +74,57 @@ def test_selection_prefers_visible_then_least_variance():
     assert p[0].tolist() == [2, 2] and not vis[0]
 
 
-def test_needed_pairs_cover_both_passes():
-    pairs = needed_pairs([2], 6, [1, 2], True, sweep=False)
-    assert (1, 2) not in pairs and (3, 2) not in pairs and (2, 3) in pairs and (2, 1) in pairs and (2, 5) in pairs and (0, 2) not in pairs
+def _is_subsequence(reads, schedule):
+    it = iter(schedule)
+    return all(any(r == p for p in it) for r in reads)
+
+
+def test_flow_schedule_lists_the_reads_in_order():
+    """flow_schedule is what the flow bank plans with: integrate must read exactly those pairs, in that order
+    (a step may read fewer). Query at frame 2 of 6, Δ ∈ {1, 2, ∞}."""
+    steps = flow_schedule(6, [2], [1, 2], True, None)
+    flat = [p for step in steps for p in step]
+    assert steps[0] == [(2, 3)] and steps[1] == [(3, 4), (2, 4)] and (0, 2) not in flat
+    assert (1, 2) not in flat and (3, 2) not in flat and (2, 1) in flat and (2, 0) in flat
     bank = AnalyticBank(6, (10, 10), translate([0.0, 0.0]))
     run(bank, [[5, 5]], [2], intervals=(1, 2))
-    assert set(bank.calls) <= pairs
+    assert bank.calls == flat
+    fusion = default_section("fusion", backward_sources="all")
+    flat = [p for step in flow_schedule(6, [2], [1, 2], True, fusion) for p in step]
+    bank.calls.clear()
+    run(bank, [[5, 5]], [2], intervals=(1, 2), fusion=fusion)
+    assert (5, 4) in bank.calls and _is_subsequence(bank.calls, flat) and bank.calls == flat
+    # the anchored sweep (the default) reads no pair when nothing is anchored
     bank.calls.clear()
     run(bank, [[5, 5]], [2], intervals=(1, 2), fusion=default_section("fusion"))
-    assert set(bank.calls) <= needed_pairs([2], 6, [1, 2], True, sweep=True) and (5, 4) in bank.calls
+    assert _is_subsequence(bank.calls, flat) and (5, 4) not in bank.calls
 
 
 def test_mft_tracks_known_motion_and_reuses_its_cache(synthetic_clip):
-    """End to end on a rendered clip: the DIS flow-chain tracker beats KLT, and a second run computes no flow."""
+    """End to end on a rendered clip: the DIS flow-chain tracker beats KLT; DIS flows are not stored (a second
+    run computes them again, identically); with ``flow.cache: on`` a second run computes no flow."""
+    import dataclasses
     import os
     from conftest import ROOT
     from eval.datasets import open_video_folder
-    from pitrack import Tracker
+    from pitrack import Tracker, load_config
     video = open_video_folder(synthetic_clip)
     frames, (q, _) = video.load_frames(), video.queries("strided")
     mft = Tracker.from_config(os.path.join(ROOT, "configs", "mft.yaml"), progress=False)
     r = mft(frames, q)
     s_mft = video.score(r.tracks, r.visible, "strided")
     assert mft.stats["flow_pairs_computed"] > 0 and mft.stats["network_evals"] == 2 * mft.stats["flow_pairs_computed"]
+    assert mft.stats["flow_cache_mb"] == 0
     klt = Tracker.from_config(os.path.join(ROOT, "configs", "baselines", "klt.yaml"), progress=False)(frames, q)
     s_klt = video.score(klt.tracks, klt.visible, "strided")
     assert s_mft["AJ"] > s_klt["AJ"] + 0.05, (s_mft, s_klt)
-    again = Tracker.from_config(os.path.join(ROOT, "configs", "mft.yaml"), progress=False)
+    cfg = load_config(os.path.join(ROOT, "configs", "mft.yaml"))
+    cfg = dataclasses.replace(cfg, flow=dataclasses.replace(cfg.flow, cache="on"))
+    first = Tracker(cfg, progress=False)
+    r1 = first(frames, q)
+    assert first.stats["flow_pairs_computed"] > 0 and first.stats["flow_cache_mb"] > 0
+    again = Tracker(cfg, progress=False)
     r2 = again(frames, q)
     assert again.stats["flow_pairs_computed"] == 0 and again.stats["flow_pairs_loaded"] > 0
+    assert np.array_equal(r1.tracks, r.tracks) and np.array_equal(r1.visible, r.visible)
     assert np.array_equal(r2.tracks, r.tracks) and np.array_equal(r2.visible, r.visible)

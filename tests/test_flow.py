@@ -199,15 +199,21 @@ def test_fb_uncertainty_at_points_is_the_whole_field_formula():
 
 # --- (e): the flow bank and its cache ----------------------------------------------------------------------
 
+def _read(bank, pairs):
+    """Read every pair's flow once (computing, loading or reusing it)."""
+    for a, b in pairs:
+        bank.flow(a, b)
+
+
 def test_bank_cache_reuse_raft(weights, tmp_path):
     video = _davis("blackswan", 4)
     cfg = FlowConfig(backend="raft_small", resolution="96x64", iterations=4, batch_size=2, weights="")
     bank = FlowBank(video, cfg, str(tmp_path), progress=False)
-    assert bank.working_hw == (64, 96) and bank.frames.shape == (4, 64, 96, 3)
-    bank.prefetch([(0, 1), (1, 0), (1, 2), (2, 0), (3, 3)])
+    assert bank.working_hw == (64, 96) and bank.working_frames([0, 3]).shape == (2, 64, 96, 3)
+    _read(bank, [(0, 1), (1, 0), (1, 2), (2, 0), (3, 3)])
     s = bank.stats
     assert s["flow_pairs_computed"] == 3 and s["network_evals"] == 6 and s["flow_pairs_loaded"] == 0
-    assert s["flow_s"] > 0 and s["cache_mb"] > 0
+    assert s["flow_s"] > 0 and s["flow_cache_mb"] > 0
     assert len([f for f in os.listdir(bank.cache_folder) if f.endswith(".npz")]) == 3
     f20 = bank.flow(2, 0)
     assert f20.shape == (2, 64, 96) and f20.dtype == np.float32
@@ -219,7 +225,7 @@ def test_bank_cache_reuse_raft(weights, tmp_path):
 
     bank2 = FlowBank(video, cfg, str(tmp_path), progress=False)
     assert bank2.key == bank.key
-    bank2.prefetch([(0, 1), (1, 2), (0, 2)])
+    _read(bank2, [(0, 1), (1, 2), (0, 2)])
     for a, b in [(0, 1), (1, 0), (1, 2), (2, 1), (0, 2), (2, 0)]:
         np.testing.assert_array_equal(bank.flow(a, b), bank2.flow(a, b))
     s2 = bank2.stats
@@ -237,9 +243,9 @@ def test_bank_cache_reuse_raft(weights, tmp_path):
 
 def test_bank_corrupt_cache_is_recomputed(tmp_path):
     video = _resize(_davis("blackswan", 3), 128, 72)
-    cfg = FlowConfig(backend="dis", resolution="native", dis_preset="fast", batch_size=4)
+    cfg = FlowConfig(backend="dis", resolution="native", dis_preset="fast", batch_size=4, cache="on")
     bank = FlowBank(video, cfg, str(tmp_path), progress=False)
-    bank.prefetch([(0, 1), (1, 2), (0, 2)])
+    _read(bank, [(0, 1), (1, 2), (0, 2)])
     ref = {p: bank.flow(*p) for p in [(0, 1), (1, 2), (0, 2)]}
     folder = bank.cache_folder
     p01, p12 = os.path.join(folder, "000000_000001.npz"), os.path.join(folder, "000001_000002.npz")
@@ -254,7 +260,7 @@ def test_bank_corrupt_cache_is_recomputed(tmp_path):
     bank2 = FlowBank(video, cfg, str(tmp_path), progress=False)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        bank2.prefetch([(0, 1), (1, 2), (0, 2)])
+        _read(bank2, [(0, 1), (1, 2), (0, 2)])
     assert sum("rejected" in str(x.message) for x in w) == 2
     s = bank2.stats
     assert s["flow_pairs_computed"] == 2 and s["flow_pairs_loaded"] == 1 and s["cache_files_rejected"] == 2
@@ -262,7 +268,7 @@ def test_bank_corrupt_cache_is_recomputed(tmp_path):
         np.testing.assert_array_equal(bank2.flow(*p), field)
     # the rewritten files are valid again
     bank3 = FlowBank(video, cfg, str(tmp_path), progress=False)
-    bank3.prefetch([(0, 1), (1, 2), (0, 2)])
+    _read(bank3, [(0, 1), (1, 2), (0, 2)])
     assert bank3.stats["flow_pairs_loaded"] == 3 and bank3.stats["flow_pairs_computed"] == 0
     # DIS presets are separate keys; a different video is a different key
     assert FlowBank(video, dataclasses.replace(cfg, dis_preset="medium"), None, progress=False).key != bank.key
@@ -276,7 +282,7 @@ def test_bank_lazy_get_and_errors(tmp_path):
     assert bank.working_hw == (48, 64)
     f = bank.flow(2, 0)                           # computes pair {0, 2} alone, both directions
     assert bank.stats["flow_pairs_computed"] == 1 and bank.stats["network_evals"] == 2 and bank.has(0, 2)
-    assert bank.stats["cache_mb"] == 0
+    assert bank.stats["flow_cache_mb"] == 0
     f[:] = 1234.0                                 # a copy: writing to it leaves the bank's flow alone
     assert not (bank.flow(2, 0) == 1234.0).any()
     with pytest.raises(Exception, match="out of range"):
@@ -383,7 +389,7 @@ def test_bank_sample_formulas_at_points_on_hand_made_flows():
     fwd[0], fwd[1] = 2.0, 3.0
     bwd = -fwd.copy()
     bwd[1, :, 21:] = 1.0                          # in frame 1, columns >= 21 point back 4 px off
-    bank._flows[(0, 1)], bank._flows[(1, 0)] = fwd, bwd
+    bank._held[(0, 1)] = (fwd, bwd)
     pts = torch.tensor([[[5.0, 5.0], [20.0, 5.0], [5.0, 17.0], [5.0, 15.5]]])
     s = bank.sample([(0, 1)], pts)[0]
     assert s[:, :2].tolist() == [[2.0, 3.0]] * 4
@@ -393,3 +399,62 @@ def test_bank_sample_formulas_at_points_on_hand_made_flows():
     # p = (5, 17): q = (7, 20) lies below y = h − 0.5 = 19.5: left the frame; p = (5, 15.5): q.y = 18.5, inside
     assert s[2, 2].item() == 1.0 and s[2, 3].item() == 100.0
     assert s[3, 2].item() == 0.0 and s[3, 3].item() == pytest.approx(0.25)
+
+
+def _translating_texture(T, h, w, v=(0.5, 0.25), seed=0):
+    """uint8 [T, h, w, 3]: a smooth random texture moving by ``v`` px per frame (bilinear resampling)."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.uniform(0, 255, (h + 80, w + 80)).astype(np.float32), (0, 0), 2.0)
+    frames = []
+    for t in range(T):
+        m = np.float32([[1, 0, t * v[0]], [0, 1, t * v[1]]])      # content moves by +t·v
+        frames.append(cv2.warpAffine(big, m, (w + 80, h + 80), flags=cv2.INTER_LINEAR)[40:40 + h, 40:40 + w])
+    g = np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, -1)
+
+
+def test_bank_streams_flows_within_its_budget():
+    """Integration through a planned FlowBank: with a budget of 6 pairs the bank never holds more than that (or
+    one read's pairs), computes released pairs again, and gives exactly the tracks of an unbounded budget,
+    which computes every pair once and releases each after its last read."""
+    from fusion.integrate import flow_schedule, integrate
+    T, h, w = 24, 40, 56
+    video = _translating_texture(T, h, w)
+    intervals, fusion = [1, 2, 4, 8], default_section("fusion", backward_sources="all")
+    tq = np.array([0] * 4 + [10] * 4)
+    q_xy = np.random.default_rng(1).uniform([8, 8], [w - 8, h - 8], (8, 2)).astype(np.float32)
+    schedule = flow_schedule(T, tq, intervals, True, fusion)
+    unique = {(min(a, b), max(a, b)) for step in schedule for a, b in step}
+    widest = max(len({(min(a, b), max(a, b)) for a, b in step}) for step in schedule)
+    pair_mb = 8 * h * w / 2 ** 20
+
+    def run(memory_mb):
+        cfg = FlowConfig(backend="dis", dis_preset="ultrafast", resolution="native", memory_mb=memory_mb)
+        bank = FlowBank(video, cfg, None, progress=False)
+        bank.plan([("integration", schedule)])
+        est = integrate(bank, T, q_xy, tq, intervals, True, 0.5, 0.25, fusion)
+        return est, bank.stats
+
+    big, sb = run(1000.0)
+    small, ss = run(6 * pair_mb)
+    assert sb["flow_pairs_computed"] == len(unique) and sb["flow_pairs_recomputed"] == 0
+    assert sb["memory_mb"] == 0                                  # every pair released after its last read
+    assert ss["flow_fields_alive_max"] <= 2 * max(6, widest) < sb["flow_fields_alive_max"]
+    assert ss["flow_pairs_recomputed"] > 0
+    assert torch.equal(big.xy, small.xy) and torch.equal(big.vis, small.vis) and torch.equal(big.var, small.var)
+    # the tracks follow the texture's motion
+    err = (big.xy[:4, -1] - (torch.from_numpy(q_xy[:4]) + (T - 1) * torch.tensor([0.5, 0.25]))).norm(dim=-1)
+    assert (err < 1.5).all()
+
+
+def test_dis_is_not_cached_on_disk_unless_asked(tmp_path):
+    video = _translating_texture(3, 24, 32)
+    auto = FlowBank(video, FlowConfig(backend="dis", dis_preset="ultrafast"), str(tmp_path), progress=False)
+    auto.flow(0, 2)
+    assert auto.cache_folder is None and not os.path.exists(tmp_path / "flows")
+    on = FlowBank(video, FlowConfig(backend="dis", dis_preset="ultrafast", cache="on"), str(tmp_path), progress=False)
+    on.flow(0, 2)
+    assert len(os.listdir(on.cache_folder)) == 2                 # meta.json and the pair
+    with pytest.raises(ConfigError, match="flow.cache"):
+        FlowBank(video, FlowConfig(backend="dis", cache="sometimes"), str(tmp_path))

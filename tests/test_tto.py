@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from analytic import AnalyticBank, moving_square, rotate
 from features.grid import FeatureGrid
 from pitrack.config import default_section, load_config
 from core.coords import to_center
 from core.errors import ConfigError
 from tto.keypoints import build_model, keypoint_observations, optimise, predict, refined_maps_all, refined_video_maps
 from tto.model import ResidualCNN, soft_argmax
-from tto.pairs import best_buddies, flow_trajectories
+from tto.pairs import Trajectories, best_buddies, chain_end, flow_trajectories, trajectory_flow_schedule
 from tto.train import TrainData, evaluate_loss, lr_at, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,11 +105,10 @@ class TranslateBank:
     def __init__(self, T, hw, v):
         self.num_frames, self.working_hw, self.original_hw, self.key = T, hw, hw, "translate"
         self.v = torch.tensor(v, dtype=torch.float32)
-
-    def prefetch(self, pairs):
-        self.pairs = list(pairs)
+        self.calls = []
 
     def sample(self, pairs, points):
+        self.calls += list(pairs)
         out = torch.zeros(points.shape[0], points.shape[1], 4)
         for g, (a, b) in enumerate(pairs):
             out[g, :, :2] = (b - a) * self.v
@@ -120,9 +120,13 @@ def test_flow_trajectories_follow_the_motion_and_the_long_range_check_removes_ba
     T, hw, v = 12, (60, 80), (1.0, 0.5)
     cfg = TTOConfig(traj_anchor_stride=4, traj_grid=10.0, traj_check_intervals=[2, 4, 8])
     bank = TranslateBank(T, hw, v)
-    xy, ok, st = flow_trajectories(bank, cfg)
+    traj, st = flow_trajectories(bank, cfg)
+    xy, ok = _dense(traj)
     assert st["traj_count"] == xy.shape[0] > 0 and ok.any(1).all()
-    assert {(t, t + 1) for t in range(T - 1)} <= set(bank.pairs) and (0, 8) in set(bank.pairs)
+    assert {(t, t + 1) for t in range(T - 1)} <= set(bank.calls) and (0, 8) in set(bank.calls)
+    # the reads follow trajectory_flow_schedule, in order (a chain that dies early reads fewer)
+    it = iter(p for step in trajectory_flow_schedule(T, cfg) for p in step)
+    assert all(any(c == p for p in it) for c in bank.calls)
     # every confirmed position is the chain's first position moved by the true translation
     first = ok.float().argmax(1)                                   # each chain's anchor frame
     start = xy[torch.arange(xy.shape[0]), first]
@@ -135,9 +139,102 @@ def test_flow_trajectories_follow_the_motion_and_the_long_range_check_removes_ba
     # never pass a check
     bad = TranslateBank(T, hw, (1.0, 0.0))
     bad.sample = lambda pairs, points, f=bad.sample: _corrupt_top(f(pairs, points), pairs, points, hw)
-    xy2, ok2, st2 = flow_trajectories(bad, cfg)
+    traj2, st2 = flow_trajectories(bad, cfg)
+    xy2, ok2 = _dense(traj2)
     assert 0 < st2["traj_checks_passed"] < st["traj_checks_passed"] and ok2.sum() < ok.sum()
     assert (xy2[ok2][:, 1] >= hw[0] / 2).all()
+
+
+def _dense(traj):
+    """The trajectories over all T frames: (xy float32 [K, T, 2], ok bool [K, T]), from their windows."""
+    K, L, T = len(traj), traj.xy.shape[1], traj.num_frames
+    xy, ok = torch.zeros(K, T, 2), torch.zeros(K, T, dtype=torch.bool)
+    for k in range(K):
+        a = int(traj.start[k])
+        n = min(L, T - a)
+        xy[k, a:a + n], ok[k, a:a + n] = traj.xy[k, :n], traj.ok[k, :n]
+    assert not traj.ok[torch.arange(L)[None] + traj.start[:, None] >= T].any()          # nothing past the video
+    return xy, ok
+
+
+class _Bank(AnalyticBank):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.original_hw = self.working_hw
+
+    def prefetch(self, pairs):
+        pass
+
+
+def test_trajectory_windows_match_the_dense_layout():
+    """valid_at(s, t) is nonzero(ok[:, s] & ok[:, t]) of the trajectories over all frames (same indices, same
+    order) and positions(k, s) their positions, for every frame pair; each window holds its chain."""
+    T, hw = 30, (32, 40)
+    warp, hidden, _ = moving_square(8, 8, 10, (0.7, 0.3))          # background chains die where the square passes
+    bank = _Bank(T, hw, warp, hidden=hidden)
+    cfg = TTOConfig(traj_anchor_stride=4, traj_grid=4.0, traj_check_intervals=[2, 4, 8])
+    traj, st = flow_trajectories(bank, cfg)
+    K = len(traj)
+    assert isinstance(traj, Trajectories) and K == st["traj_count"] > 0
+    assert traj.xy.shape == (K, 9, 2) and traj.ok.shape == (K, 9) and traj.start.shape == (K,)
+    assert st["traj_positions"] == traj.positions_count == int(traj.ok.sum())
+    xy, ok = _dense(traj)
+    assert 0 < int(ok.sum(1).min()) < int(ok.sum(1).max()) <= 9   # chains cut short by the occluder, and whole
+    # every trajectory lies in [a, chain end] of its anchor a (its first or last confirmed frame)
+    first = ok.float().argmax(1)
+    last = T - 1 - ok.flip(1).float().argmax(1)
+    assert ((last - first) <= 8).all() and (first >= traj.start).all() and (last < traj.start + 9).all()
+    for s in range(T):
+        for t in range(T):
+            ref = torch.nonzero(ok[:, s] & ok[:, t])[:, 0]
+            got = traj.valid_at(s, t)
+            assert got.dtype == torch.long and torch.equal(got, ref), (s, t)
+            if ref.numel():
+                assert torch.equal(traj.positions(got, s), xy[ref, s])
+                assert torch.equal(traj.positions(got, t), xy[ref, t])
+    # the grid conversion is elementwise: the same as converting the dense positions
+    grid = FeatureGrid((64, 80), 8, 0.0)
+    uv = traj.map_xy(lambda p: grid.from_working(p, hw))
+    assert uv.start.data_ptr() == traj.start.data_ptr() and uv.ok.data_ptr() == traj.ok.data_ptr()   # shared
+    sel = traj.valid_at(3, 9)
+    assert torch.equal(uv.positions(sel, 9), grid.from_working(xy, hw)[sel, 9])
+    with pytest.raises(IndexError):
+        traj.positions(torch.tensor([0]), int(traj.start[0]) + 9)          # outside its window
+    with pytest.raises(IndexError):
+        traj.valid_at(0, T)
+
+
+def _tensor_bytes(obj):
+    """Bytes of every tensor and numpy array held by ``obj``'s attributes."""
+    out = 0
+    for v in vars(obj).values():
+        if isinstance(v, torch.Tensor):
+            out += v.element_size() * v.nelement()
+        elif isinstance(v, np.ndarray):
+            out += v.nbytes
+    return out
+
+
+def test_trajectory_memory_is_linear_in_the_video_length():
+    """Each trajectory stores max Δ + 1 = 33 frames, whatever T: at T = 200 the store is a fraction of the
+    K × T layout, and its bytes per trajectory do not grow with T."""
+    hw, horizon = (32, 32), 32
+    cfg = TTOConfig(traj_anchor_stride=8, traj_grid=4.0, traj_check_intervals=[2, 4, 8, 16, horizon])
+    per_traj = {}
+    for T in (100, 200):
+        bank = _Bank(T, hw, rotate(0.004, np.array([15.5, 15.5])))
+        traj, st = flow_trajectories(bank, cfg)
+        K, seeds = len(traj), 8 * 8
+        chains = sum(chain_end(a, d, T, cfg.traj_check_intervals) != a
+                     for a in list(range(0, T, 8)) + [T - 1] for d in (1, -1))
+        nbytes = _tensor_bytes(traj)
+        assert nbytes == traj.nbytes and K > 0.9 * chains * seeds                       # nearly all chains kept
+        assert traj.xy.shape[1] == horizon + 1
+        assert nbytes <= K * (8 + 9 * (horizon + 1)) + 24 * chains                      # start, xy, ok, run index
+        assert nbytes < chains * seeds * (2 * horizon + 1) * 12                         # linear in T (chains ∝ T)
+        assert nbytes < K * T * 9 * 0.2 or T < 200                                      # the [K, T] layout: 9 B/frame
+        per_traj[T] = nbytes / K
+    assert abs(per_traj[200] - per_traj[100]) < 1.0
 
 
 def _corrupt_top(out, pairs, points, hw):
@@ -176,8 +273,9 @@ def raft_clip():
     fs = video_features(video, default_section("features", resolution="256x192"), None, backbone=RaftEncoder(path))
     cfg = TTOConfig(enabled=True, steps=150, warmup_steps=5, frames_per_step=2, traj_per_pair=32, buddies_per_pair=32,
                     cycle_per_pair=16, traj_grid=8.0, lr=5e-3)
-    xy, ok, _ = flow_trajectories(bank, cfg)
-    data = TrainData(fs.feats, torch.from_numpy(fs.images), fs.grid, fs.grid.from_working(xy, bank.working_hw), ok)
+    traj, _ = flow_trajectories(bank, cfg)
+    data = TrainData(fs.feats, torch.from_numpy(fs.images), fs.grid,
+                     traj.map_xy(lambda xy: fs.grid.from_working(xy, bank.working_hw)))
     return dict(video=video, points=points, occluded=occluded, bank=bank, fs=fs, cfg=cfg, data=data)
 
 

@@ -119,11 +119,12 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
         if got is not None and got[0] == int(cfg.steps):
             stats.update(tto_step_start=got[0], tto_resumed=True)
             return probe.eval(), stats
-    traj_xy, traj_ok, tstats = flow_trajectories(bank, cfg)
+    traj, tstats = flow_trajectories(bank, cfg)
     stats.update(tstats)
     feats = fs.feats.to(device)
-    data = TrainData(feats, torch.from_numpy(fs.images).to(device), fs.grid, fs.grid.from_working(traj_xy, hw),
-                     traj_ok)
+    data = TrainData(feats, torch.from_numpy(fs.images).to(device), fs.grid,
+                     traj.map_xy(lambda xy: fs.grid.from_working(xy, hw)))
+    del traj
     with num_threads(cfg.threads):
         stats.update(train(model, data, cfg, seed, ckpt, key, progress))
     stats["refined_map_evals"] += int(stats["tto_steps"]) * min(int(cfg.frames_per_step), int(feats.shape[0]))

@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.atomic import atomic_path, discard_cache_file
+from core.atomic import discard_cache_file
 from core.sampling import sample_map
 from tto.model import TTOModel
-from tto.pairs import best_buddies
+from tto.pairs import Trajectories, best_buddies
 
 CKPT_FORMAT = 1
 # TTOConfig fields that do not change training (device, and the keypoint provider's settings)
@@ -56,8 +56,7 @@ class TrainData(typing.NamedTuple):
     feats: torch.Tensor       # float16 [T, C, gh, gw] frozen features (on the training device)
     images: torch.Tensor      # uint8 [T, H_f, W_f, 3] (on the training device)
     grid: object              # features.grid.FeatureGrid
-    traj_uv: torch.Tensor     # float32 [K, T, 2] trajectory positions, grid coordinates (CPU)
-    traj_ok: torch.Tensor     # bool [K, T] (CPU)
+    traj: Trajectories        # training trajectories, positions in grid coordinates (u, v) (CPU)
 
 
 def training_fields(cfg):
@@ -111,7 +110,7 @@ def sample_step(data, cfg, seed, step):
     frames = [int(f) for f in rng.choice(T, nf, replace=False)]
     pairs = [(s, t) for s in frames for t in frames if s != t] or [(frames[0], frames[0])]
     for s, t in pairs:
-        common = torch.nonzero(data.traj_ok[:, s] & data.traj_ok[:, t])[:, 0].numpy()
+        common = data.traj.valid_at(s, t).numpy()
         m = min(int(cfg.traj_per_pair), common.size)
         pick = np.sort(rng.choice(common, m, replace=False)) if m else np.zeros(0, np.int64)
         pick = torch.from_numpy(pick.astype(np.int64))
@@ -120,8 +119,8 @@ def sample_step(data, cfg, seed, step):
         cyc = torch.from_numpy(rng.uniform([0, 0], [gw - 1, gh - 1], (int(cfg.cycle_per_pair), 2)).astype(np.float32))
         jitter = torch.from_numpy(rng.integers(-1, 2, (m, 2)).astype(np.int64))
         bb_rng = int(rng.integers(2 ** 31))
-        out.append(dict(s=s, t=t, traj_s=data.traj_uv[pick, s], traj_t=data.traj_uv[pick, t], cand=cand, cyc=cyc,
-                        jitter=jitter, bb_rng=bb_rng))
+        traj_s, traj_t = data.traj.positions(pick, s), data.traj.positions(pick, t)
+        out.append(dict(s=s, t=t, traj_s=traj_s, traj_t=traj_t, cand=cand, cyc=cyc, jitter=jitter, bb_rng=bb_rng))
     return out
 
 
@@ -238,9 +237,12 @@ def make_optimizer(model, cfg):
 
 
 def load_checkpoint(path, key, model, opt, steps):
-    """(step, history) from a valid checkpoint at ``path`` (model and optimiser loaded), else None."""
+    """(step, history) from a valid checkpoint at ``path`` (model and optimiser loaded), else None (model and
+    optimiser as they were: a checkpoint rejected after loading, e.g. for non-finite weights, is undone)."""
     if path is None or not os.path.isfile(path):
         return None
+    import copy
+    before = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     why = None
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
@@ -256,18 +258,26 @@ def load_checkpoint(path, key, model, opt, steps):
             hist = ck["history"]
             if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
                 why = "non-finite weights"
+    except PermissionError as e:                   # not corrupt: keep it, train from the start
+        from core.atomic import cache_unreadable
+        return cache_unreadable(path, "TTO checkpoint", e)
     except Exception as e:  # noqa: BLE001 - truncated file, wrong tensors: all mean "corrupt"
         why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     if why is not None:
+        model.load_state_dict(before[0])
+        opt.load_state_dict(before[1])
         discard_cache_file(path, "TTO checkpoint", why, "training from the start")
         return None
     return int(ck["step"]), hist
 
 
 def save_checkpoint(path, key, model, opt, step, history):
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(dict(format=CKPT_FORMAT, key=key, step=int(step), model=model.state_dict(),
-                        optim=opt.state_dict(), history=history), tmp)
+    """Write the checkpoint atomically; False (one warning, training goes on) when it cannot be written."""
+    from core.atomic import cache_write
+    return cache_write(path, lambda tmp: torch.save(dict(format=CKPT_FORMAT, key=key, step=int(step),
+                                                         model=model.state_dict(), optim=opt.state_dict(),
+                                                         history=history), tmp),
+                       "TTO checkpoint", suffix=".pt")
 
 
 def train(model: TTOModel, data: TrainData, cfg, seed=0, ckpt_path=None, key="", progress=False, on_step=None):
