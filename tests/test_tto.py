@@ -162,9 +162,6 @@ class _Bank(AnalyticBank):
         super().__init__(*args, **kwargs)
         self.original_hw = self.working_hw
 
-    def prefetch(self, pairs):
-        pass
-
 
 def test_trajectory_windows_match_the_dense_layout():
     """valid_at(s, t) is nonzero(ok[:, s] & ok[:, t]) of the trajectories over all frames (same indices, same
