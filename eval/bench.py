@@ -165,6 +165,12 @@ def summary(records, config_name, mode):
     return s
 
 
+def results_title(config_name, data, records, mode):
+    """The heading of a results table: config, dataset folder, and the query mode for TAP-Vid."""
+    return f"{config_name} on {os.path.basename(os.path.normpath(data))}" + \
+        (f", query-{mode}" if records[0]["kind"] == "tapvid" else "")
+
+
 def write_results(out, records, title, config_name, mode):
     """Write ``out/table.md`` and ``out/summary.json`` of per-video records; returns the table."""
     table = markdown_table(records, title)
@@ -226,8 +232,7 @@ def main(argv=None):
         kinds = {r["kind"] for r in records}
         if len(kinds) > 1:
             raise PitrackError(f"{args.data} mixes TAP-Vid and BADJA folders; benchmark them separately")
-        title = f"{config.name} on {os.path.basename(os.path.normpath(args.data))}" + \
-                (f", query-{args.mode}" if records[0]["kind"] == "tapvid" else "")
+        title = results_title(config.name, args.data, records, args.mode)
         print(write_results(args.out, records, title, config.name, args.mode))
     except PitrackError as e:
         print(f"eval.bench: error: {e}", file=sys.stderr)

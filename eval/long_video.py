@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 from core.atomic import save_json, save_text
-from core.paths import folder_mb
 
 
 
@@ -68,7 +67,7 @@ def run_one(args, T, json_path):
     s = tracker.stats
     rec = dict(T=T, frame_size=f"{W}x{H}", queries=int(queries.shape[0]), query_frames=len(frames),
                config=args.config, seconds=seconds, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               cache_mb=folder_mb(cache), video_mb=video.nbytes / 2 ** 20,
+               cache_mb=float(s.get("cache_mb", 0.0)), video_mb=video.nbytes / 2 ** 20,
                stats={k: v for k, v in s.items() if isinstance(v, (int, float, str, bool))})
     shutil.rmtree(cache, ignore_errors=True)
     save_json(json_path, rec)

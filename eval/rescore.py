@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from eval.bench import write_results
+from eval.bench import results_title, write_results
 from eval.datasets import list_video_folders, open_video_folder
 from eval.score import load_prediction, score_prediction
 from core.atomic import save_json
@@ -84,8 +84,7 @@ def main(argv=None):
         os.makedirs(out, exist_ok=True)
         for r in records:
             save_json(os.path.join(out, r["video"] + ".json"), r)
-        title = f"{config} on {os.path.basename(os.path.normpath(args.data))}" + \
-                (f", query-{args.mode}" if records[0]["kind"] == "tapvid" else "") + ", rescored"
+        title = results_title(config, args.data, records, args.mode) + ", rescored"
         print(write_results(out, records, title, config, args.mode))
     except PitrackError as e:
         print(f"eval.rescore: error: {e}", file=sys.stderr)

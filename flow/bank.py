@@ -218,12 +218,8 @@ class FlowBank:
 
     def _advance(self, p):
         """A read of pair ``p`` happens now: move the clock to its planned position."""
-        q = self._uses.get(p)
-        if q:
-            while q and q[0] < self._clock:
-                q.popleft()
-            if q:
-                self._clock = q.popleft()
+        if self._next_use(p) not in (None, NEVER):
+            self._clock = self._uses[p].popleft()
 
     def _release_unused(self, protect=()):
         for p in [p for p in self._held if p not in protect and self._next_use(p) is None]:
@@ -267,10 +263,8 @@ class FlowBank:
         bs = int(self.cfg.batch_size)
         for i in range(0, len(pairs), bs):
             chunk = pairs[i:i + bs]
-            frames = {}
             need = sorted({t for p in chunk for t in p})
-            for t, f in zip(need, self.working_frames(need)):
-                frames[t] = f
+            frames = dict(zip(need, self.working_frames(need)))
             src = [a for a, _ in chunk] + [b for _, b in chunk]
             dst = [b for _, b in chunk] + [a for a, _ in chunk]
             t0 = time.perf_counter()

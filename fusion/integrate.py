@@ -233,6 +233,5 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
     for name, frames, frame_steps in traversals(T, tq, intervals, use_inf, fusion):
         for t in tqdm(frames, desc=name, disable=not progress, leave=False):
             for mode, sources, anchored_only in frame_steps:
-                groups = [(s, idx) for s, idx in sources(t) if idx.numel()]
-                _step(bank, est, t, groups, mode, replace_smaller, anchored_only, **common)
+                _step(bank, est, t, sources(t), mode, replace_smaller, anchored_only, **common)
     return est

@@ -130,8 +130,9 @@ class Tracker:
         t0 = time.perf_counter()
         tracks, visible, sigma = self._backend(video, queries, self.config, ctx)
         ctx.stats["seconds"] = time.perf_counter() - t0
-        if ctx.cache_dir_in_use():
-            ctx.stats["cache_mb"] = folder_mb(ctx.cache_dir_in_use())
+        cache = ctx.cache_dir_in_use()
+        if cache:
+            ctx.stats["cache_mb"] = folder_mb(cache)
         self.stats = ctx.stats
         self.extras = ctx.extras
         N, T = queries.shape[0], video.shape[0]
