@@ -1,5 +1,6 @@
-"""Compute devices and CPU threads."""
+"""Compute devices, CPU threads and the process's peak memory."""
 import contextlib
+import resource
 
 
 def resolve_device(device, what="device"):
@@ -24,3 +25,8 @@ def num_threads(n):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def peak_rss_mb():
+    """The process's peak resident set size so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

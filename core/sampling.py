@@ -19,6 +19,7 @@ def sample_fields(fields, points):
 
 
 def sample_map(fmap, uv):
-    """Bilinear samples of one map ``fmap`` [C, h, w] at ``uv`` [M, 2] (x, y; index convention) -> [M, C].
-    Border clamp; differentiable with respect to both the map and the positions."""
-    return sample_fields(fmap[None], uv[None])[0]
+    """Bilinear samples of one map ``fmap`` [C, h, w] (float16 maps are sampled in float32) at ``uv`` [M, 2]
+    (x, y; index convention) -> [M, C]. Border clamp; differentiable with respect to both the map and the
+    positions."""
+    return sample_fields(fmap[None].float(), uv[None])[0]

@@ -14,7 +14,6 @@ recomputes them. ``--save-pred`` also keeps ``OUT/<video>.npz``
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import time
 import numpy as np
 
 from eval.datasets import list_video_folders, open_video_folder
+from core.devices import peak_rss_mb
 from core.atomic import save_json, save_npz, save_text
 from core.errors import PitrackError
 
@@ -58,7 +58,7 @@ def run_one(config_path, video_dir, mode, json_path, pred_path=None):
         "num_queries": int(queries.shape[0]), "num_frames": int(frames.shape[0]),
         "frame_size": f"{frames.shape[2]}x{frames.shape[1]}",
         "seconds": tracker.stats["seconds"], "load_seconds": load_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
         "metrics": metrics, "stats": {k: v for k, v in tracker.stats.items() if k != "seconds"},
     }
     if filters:

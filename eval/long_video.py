@@ -14,7 +14,6 @@ optimiser's steps, keypoints, integration and everything else.
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 
 import numpy as np
 
+from core.devices import peak_rss_mb
 from core.atomic import save_json, save_text
 
 
@@ -66,7 +66,7 @@ def run_one(args, T, json_path):
     seconds = time.perf_counter() - t0
     s = tracker.stats
     rec = dict(T=T, frame_size=f"{W}x{H}", queries=int(queries.shape[0]), query_frames=len(frames),
-               config=args.config, seconds=seconds, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               config=args.config, seconds=seconds, peak_rss_mb=peak_rss_mb(),
                cache_mb=float(s.get("cache_mb", 0.0)), video_mb=video.nbytes / 2 ** 20,
                stats={k: v for k, v in s.items() if isinstance(v, (int, float, str, bool))})
     shutil.rmtree(cache, ignore_errors=True)

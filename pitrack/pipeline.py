@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from core.coords import from_center, scale_sigma, scale_xy, to_center
+from core.devices import peak_rss_mb
 
 
 def _cache(ctx):
@@ -49,7 +50,8 @@ def flow_bank(video, queries, config, ctx):
 
 def per_video_model(video, bank, config, ctx):
     """Stage 2a: backbone features and the per-video model (optimised when ``tto.enabled``);
-    returns (features, model, refined maps [T, C, gh, gw])."""
+    returns (features without their tensors, model, refined maps float16 [T, C, gh, gw]). The backbone
+    features and feature images are let go once the refined maps exist: every later stage reads the maps."""
     from features.cache import video_features
     from tto.keypoints import optimise, refined_video_maps
     fs = video_features(video, config.features, _cache(ctx), ctx.progress, seed=config.seed)
@@ -58,7 +60,7 @@ def per_video_model(video, bank, config, ctx):
     ctx.stats.update(stats)
     maps = refined_video_maps(model, fs, config.tto.threads)
     ctx.stats["refined_map_evals"] = ctx.stats.get("refined_map_evals", 0) + int(maps.shape[0])
-    return fs, model, maps
+    return fs._replace(feats=None, images=None), model, maps
 
 
 def _found(filename, explicit=""):
@@ -169,6 +171,7 @@ def track_pitrack(video, queries, config, ctx):
             to_grid = lambda xy: grid.from_working(xy, hw)  # noqa: E731 - working px -> feature grid
             templates = query_templates(maps, to_grid, q_xy, tq)
     t1 = time.perf_counter()
+    ctx.stats["peak_rss_mb_keypoints"] = peak_rss_mb()
 
     filters = []                                                                       # 3
     masks = object_masks(video, queries, bank, config, ctx)
@@ -198,6 +201,7 @@ def track_pitrack(video, queries, config, ctx):
     ctx.stats.update(bank.stats)
     ctx.stats["keypoints_stage_s"] = t1 - t0
     ctx.stats["track_s"] = time.perf_counter() - t1
+    ctx.stats["peak_rss_mb_integration"] = peak_rss_mb()
     ctx.stats["working_resolution"] = f"{hw[1]}x{hw[0]}"
     report = hook.report(to_original)
     ctx.stats["filters"] = {name: dict(rejected=int(r["query"].size), rejected_keypoints=int(r["keypoint"].sum()))

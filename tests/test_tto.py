@@ -446,7 +446,8 @@ def test_disabled_provider_and_configs():
     assert not model.training and st["tto_enabled"] is False and st["tto_s"] == 0 and st["tto_steps"] == 0
     # untrained: the residual CNN starts at zero, so the refined maps are the normalised backbone features
     maps = refined_video_maps(model, fs, config.tto.threads)
-    assert torch.allclose(maps, torch.nn.functional.normalize(feats.float(), dim=1), atol=1e-6)
+    assert maps.dtype == torch.float16
+    assert torch.allclose(maps.float(), torch.nn.functional.normalize(feats.float(), dim=1), atol=1e-3)
     for name in ("default.yaml", "tto_gpu.yaml"):
         c = load_config(os.path.join(CONFIGS, name))
         assert c.tto.enabled and c.tracker == "pitrack" and c.features.backbone == "raft_small"
