@@ -13,3 +13,22 @@ def resize_video(video, hw):
     for i, f in enumerate(video):
         out[i] = cv2.resize(f, (w, h), interpolation=interp)
     return out
+
+
+class ResizedFrames:
+    """The frames of a video at the size ``hw`` = (h, w), resized (:func:`resize_video`) when read, so that no
+    stage holds a second copy of the whole video. Indexed like the uint8 array [T, h, w, 3] it stands for,
+    by a slice or a list of frame indices: ``frames[i:j]``, ``frames[[3, 7]]`` -> uint8 [n, h, w, 3]."""
+
+    def __init__(self, video, hw):
+        self.video = video
+        self.hw = (int(hw[0]), int(hw[1]))
+        self.shape = (int(video.shape[0]),) + self.hw + (3,)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        return resize_video(self.video[list(idx)], self.hw)

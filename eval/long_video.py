@@ -125,7 +125,7 @@ def main(argv=None):
             records.append(json.load(f))
         r = records[-1]
         print(f"T={T}: {r['seconds']:.0f} s, peak {r['peak_rss_mb']:.0f} MB, cache {r['cache_mb']:.1f} MB", flush=True)
-    text = f"### {args.config} on {args.video}\n\n" + table(records)
+    text = f"### {args.config} on {args.video}\n\n" + table(sorted(records, key=lambda r: r["T"]))
     save_text(os.path.join(args.out, "table.md"), text)
     print(text)
     return 0

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from features.backbones import make_backbone
 from features.grid import FeatureGrid, feature_image_hw
-from core.images import resize_video
+from core.images import ResizedFrames
 from core.atomic import cache_unreadable, cache_write, discard_cache_file
 
 CACHE_FORMAT = 1
@@ -27,7 +27,7 @@ CACHE_FORMAT = 1
 
 class FeatureSet(typing.NamedTuple):
     feats: "object"        # torch float16 [T, C, gh, gw] on the CPU: frozen backbone features
-    images: np.ndarray     # uint8 [T, H_f, W_f, 3]: the frames at the feature image size
+    images: "object"       # uint8 [T, H_f, W_f, 3] (core.images.ResizedFrames or an array): frames at the feature image size
     grid: FeatureGrid      # geometry (stride, offset, sizes; see features/grid.py)
     key: str               # cache key (also identifies the features for downstream caches)
     stats: dict            # features_s, backbone_evals (frames through the backbone), features_loaded, ...
@@ -81,9 +81,10 @@ def video_features(video, cfg, cache_dir=None, progress=False, seed=0, backbone=
     bb = backbone if backbone is not None else make_backbone(cfg, seed)
     image_hw = feature_image_hw(cfg.resolution, video.shape[1:3], bb.stride)
     grid = FeatureGrid(tuple(int(v) for v in image_hw), int(bb.stride), float(bb.offset))
-    images = resize_video(video, image_hw)
+    images = ResizedFrames(video, image_hw)
     h = hashlib.sha256(repr(images.shape).encode())
-    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
+    for t in range(len(images)):                   # one frame at a time: no copy of the whole video
+        h.update(memoryview(images[[t]]).cast("B"))
     fields = dict(bb.cache_id(), format=CACHE_FORMAT, image_hw=list(image_hw), frames=h.hexdigest()[:16])
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     T = video.shape[0]

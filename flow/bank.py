@@ -39,7 +39,7 @@ from flow.occlusion import FBUncertainty
 from core.atomic import cache_unreadable, cache_write, discard_cache_file
 from core.coords import parse_resolution
 from core.paths import folder_mb
-from core.images import resize_video
+from core.images import ResizedFrames
 from core.errors import ConfigError, InputError
 
 CACHE_FORMAT = 1     # bump when the meaning of stored flows changes (padding, normalisation, layout)
@@ -81,6 +81,7 @@ class FlowBank:
         self.num_frames = int(video.shape[0])
         self.original_hw = (int(video.shape[1]), int(video.shape[2]))
         self.working_hw = tuple(int(v) for v in parse_resolution(cfg.resolution, self.original_hw))
+        self._working = ResizedFrames(video, self.working_hw)
         self.pair_bytes = 8 * self.working_hw[0] * self.working_hw[1]
         self.budget_bytes = float(cfg.memory_mb) * 2 ** 20
         self._backend = make_backend(cfg)
@@ -107,7 +108,7 @@ class FlowBank:
     def working_frames(self, idx):
         """uint8 [len(idx), h, w, 3]: frames ``idx`` at the working resolution."""
         t0 = time.perf_counter()
-        out = resize_video(self.video[list(idx)], self.working_hw)
+        out = self._working[list(idx)]
         self._stats["resize_s"] += time.perf_counter() - t0
         return out
 

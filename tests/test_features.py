@@ -229,3 +229,14 @@ def test_feature_cache_reuses_validates_and_recomputes(tmp_path):
     assert len(list((tmp_path / "features").glob("*.npz"))) == 3
     video_features(video, cfg, None, backbone=bb)
     assert len(list((tmp_path / "features").glob("*.npz"))) == 3
+
+
+def test_resized_frames_read_like_the_resized_array():
+    from core.images import ResizedFrames, resize_video
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (6, 40, 60, 3), dtype=np.uint8)
+    frames, full = ResizedFrames(video, (20, 30)), resize_video(video, (20, 30))
+    assert frames.shape == full.shape == (6, 20, 30, 3) and len(frames) == 6
+    np.testing.assert_array_equal(frames[1:4], full[1:4])
+    np.testing.assert_array_equal(frames[[5, 0, 2]], full[[5, 0, 2]])
+    np.testing.assert_array_equal(frames[::2], full[::2])

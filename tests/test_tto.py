@@ -271,7 +271,7 @@ def raft_clip():
     cfg = TTOConfig(enabled=True, steps=150, warmup_steps=5, frames_per_step=2, traj_per_pair=32, buddies_per_pair=32,
                     cycle_per_pair=16, traj_grid=8.0, lr=5e-3)
     traj, _ = flow_trajectories(bank, cfg)
-    data = TrainData(fs.feats, torch.from_numpy(fs.images), fs.grid,
+    data = TrainData(fs.feats, fs.images, fs.grid,
                      traj.map_xy(lambda xy: fs.grid.from_working(xy, bank.working_hw)))
     return dict(video=video, points=points, occluded=occluded, bank=bank, fs=fs, cfg=cfg, data=data)
 
@@ -279,7 +279,7 @@ def raft_clip():
 def _errors(model, clip):
     fs, bank = clip["fs"], clip["bank"]
     gt = torch.from_numpy(to_center(clip["points"]))               # working px = original px here
-    maps = refined_maps_all(model, fs.feats, torch.from_numpy(fs.images), fs.grid)
+    maps = refined_maps_all(model, fs.feats, fs.images, fs.grid)
     uv, sim, _, _ = predict(model, maps, fs.grid.from_working(gt[:, 0], bank.working_hw), np.zeros(len(gt), int))
     err = (fs.grid.to_working(uv, bank.working_hw) - gt).norm(dim=-1)
     vis = torch.from_numpy(~clip["occluded"])

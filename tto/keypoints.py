@@ -39,10 +39,12 @@ def build_model(channels, cfg, seed):
 @torch.no_grad()
 def refined_maps_all(model, feats, images, grid, batch=4):
     """Refined maps of every frame, float16 [T, C, gh, gw] on the model's device (computed in float32;
-    half the memory of float32 maps, which at 1000 frames of 854x480 is 0.6 GB)."""
+    half the memory of float32 maps, which at 1000 frames of 854x480 is 0.6 GB). ``feats`` [T, C, gh, gw];
+    ``images`` uint8 [T, H_f, W_f, 3], an array or core.images.ResizedFrames."""
     out = None
+    dev = next(model.parameters()).device
     for i in range(0, feats.shape[0], batch):
-        m = model.refined_maps(feats[i:i + batch], images[i:i + batch], grid)
+        m = model.refined_maps(feats[i:i + batch].to(dev), torch.as_tensor(images[i:i + batch], device=dev), grid)
         if out is None:
             out = torch.empty((feats.shape[0],) + tuple(m.shape[1:]), dtype=torch.float16, device=m.device)
         out[i:i + m.shape[0]] = m
@@ -119,7 +121,7 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
     traj, tstats = flow_trajectories(bank, cfg)
     stats.update(tstats)
     feats = fs.feats.to(device)
-    data = TrainData(feats, torch.from_numpy(fs.images).to(device), fs.grid,
+    data = TrainData(feats, fs.images, fs.grid,
                      traj.map_xy(lambda xy: fs.grid.from_working(xy, hw)))
     del traj
     with num_threads(cfg.threads):
@@ -135,7 +137,7 @@ def refined_video_maps(model, fs, threads=0):
     """Refined, normalised feature maps of every frame: float16 [T, C, gh, gw] on the model's device."""
     dev = next(model.parameters()).device
     with num_threads(threads):
-        return refined_maps_all(model, fs.feats.to(dev), torch.from_numpy(fs.images).to(dev), fs.grid)
+        return refined_maps_all(model, fs.feats, fs.images, fs.grid)
 
 
 def keypoint_observations(model, maps, grid, q_xy, tq, hw, original_hw, cfg):

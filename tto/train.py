@@ -54,7 +54,7 @@ LOSS_NAMES = ("loss", "pos", "con", "tcon", "cyc")
 
 class TrainData(typing.NamedTuple):
     feats: torch.Tensor       # float16 [T, C, gh, gw] frozen features (on the training device)
-    images: torch.Tensor      # uint8 [T, H_f, W_f, 3] (on the training device)
+    images: object            # uint8 [T, H_f, W_f, 3], array or core.images.ResizedFrames (read per step)
     grid: object              # features.grid.FeatureGrid
     traj: Trajectories        # training trajectories, positions in grid coordinates (u, v) (CPU)
 
@@ -159,7 +159,8 @@ def step_losses(model, data, cfg, batch):
     frames = sorted({b["s"] for b in batch} | {b["t"] for b in batch})
     slot = {f: i for i, f in enumerate(frames)}
     idx = torch.tensor(frames, device=dev)
-    maps = model.refined_maps(data.feats[idx], data.images[idx], grid)           # [U, C, gh, gw]
+    images = torch.as_tensor(data.images[frames], device=dev)                    # [U, H_f, W_f, 3]
+    maps = model.refined_maps(data.feats[idx], images, grid)                     # [U, C, gh, gw]
     zero = maps.sum() * 0.0
     parts = {k: zero for k in LOSS_NAMES[1:]}
     traj_corr, traj_centre, traj_targets, cyc_corr, cyc_centre, cyc_info = [], [], [], [], [], []
