@@ -42,11 +42,12 @@ class TapVidVideo:
             raise InputError(f"{self.folder}: {video.shape[0]} frames but tracks.npz has {self.num_frames}")
         return video
 
-    def queries(self, mode):
+    def queries(self, mode, query_frame=None):
         """Queries [M, 3] (t, x, y original px) and the ground-truth track of each query [M].
 
         first: each track once, at its first visible frame. strided: each track at frames 0, 5, 10, …
         where it is visible. Order: tracks in file order; for each track, query frames ascending.
+        ``query_frame``: only the queries on that frame (e.g. query-first tracks starting in frame 0).
         """
         rows, index = [], []
         for i in range(self.points.shape[0]):
@@ -58,16 +59,17 @@ class TapVidVideo:
             else:
                 raise InputError(f"mode must be 'first' or 'strided', got {mode!r}")
             for t in frames:
-                rows.append((t, *self.points[i, t]))
-                index.append(i)
+                if query_frame is None or t == query_frame:
+                    rows.append((t, *self.points[i, t]))
+                    index.append(i)
         return np.array(rows, np.float32).reshape(-1, 3), np.array(index, int)
 
-    def score(self, pred_tracks, pred_visible, mode):
-        """TAP-Vid metrics and error shares (eval.metrics) for a prediction made with ``self.queries(mode)``
-        (original px in, 256 raster scored)."""
+    def score(self, pred_tracks, pred_visible, mode, query_frame=None):
+        """TAP-Vid metrics and error shares (eval.metrics) for a prediction made with
+        ``self.queries(mode, query_frame)`` (original px in, 256 raster scored)."""
         from eval.metrics import tapvid_error_shares, tapvid_metrics
         from core.coords import SCORING_SIZE, scale_xy
-        queries, index = self.queries(mode)
+        queries, index = self.queries(mode, query_frame)
         _check_prediction(pred_tracks, pred_visible, queries.shape[0], self.num_frames)
         hw = self.size_hw
         args = (queries[:, 0], scale_xy(self.points[index], hw, SCORING_SIZE), self.occluded[index],

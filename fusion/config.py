@@ -9,6 +9,7 @@ class ChainConfig:
     intervals: list[str]
     occlusion_threshold: float  # a candidate is visible when its occlusion probability is below this
     query_sigma: float  # σ (working px) of the query position itself
+    query_frames_per_chunk: int  # queries × frames tracked together (keypoints, filters, integration)
 
     def parsed_intervals(self):
         """Sorted finite intervals (ints >= 1) and whether the query-frame interval 'inf' is used."""

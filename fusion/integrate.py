@@ -207,11 +207,11 @@ def flow_schedule(num_frames, tq, intervals, use_inf, fusion):
 
 
 def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_var, fusion=None, radius=10.0,
-              observations=None, progress=False, gate=None, candidate_filter=None):
+              observations=None, progress=False, gate=None, candidate_filter=None, segment="integration"):
     """Track queries through a flow bank. ``q_xy`` [N, 2] working px (pixel-centre), ``tq`` [N] query frames.
 
     ``bank``: anything with ``working_hw`` and ``sample(pairs, points)`` (flow.bank.FlowBank.sample); the
-    reads follow :func:`flow_schedule`, segment 'integration' of a FlowBank's plan.
+    reads follow :func:`flow_schedule`, segment ``segment`` of a FlowBank's plan.
     ``fusion``: a FusionConfig, or None for least-σ selection without the backward sweep.
     ``observations``: None or (xy [N, T, 2] working px, var [N, T] px², valid [N, T] bool) tensors;
     ``gate``: working px, see :func:`fuse_observation`.
@@ -229,7 +229,7 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
                   candidate_filter=candidate_filter)
     replace_smaller = fusion is not None and fusion.backward_replace_smaller_sigma
     if hasattr(bank, "begin"):
-        bank.begin("integration")
+        bank.begin(segment)
     for name, frames, frame_steps in traversals(T, tq, intervals, use_inf, fusion):
         for t in tqdm(frames, desc=name, disable=not progress, leave=False):
             for mode, sources, anchored_only in frame_steps:

@@ -31,9 +31,10 @@ def _cache(ctx):
     return ctx.video_cache_dir() if ctx.use_cache else None
 
 
-def flow_bank(video, queries, config, ctx):
+def flow_bank(video, queries, config, ctx, chunks=None):
     """Stage 1: the FlowBank, with the order of every read to come (the optimisation's training
-    trajectories, then the integration), so each pair is computed once and held only while needed."""
+    trajectories, then the integration of each chunk of queries: segments 'integration 0', 'integration 1',
+    …), so each pair is computed once and held only while needed."""
     from flow.bank import FlowBank
     from fusion.integrate import flow_schedule
     from tto.pairs import trajectory_flow_schedule
@@ -42,8 +43,9 @@ def flow_bank(video, queries, config, ctx):
     segments = []
     if config.tto.enabled:
         segments.append(("trajectories", trajectory_flow_schedule(video.shape[0], config.tto)))
-    segments.append(("integration", flow_schedule(video.shape[0], queries[:, 0].astype(int), intervals, use_inf,
-                                                  config.fusion)))
+    for k, sl in enumerate(chunks or [slice(None)]):
+        segments.append((f"integration {k}", flow_schedule(video.shape[0], queries[sl, 0].astype(int), intervals,
+                                                             use_inf, config.fusion)))
     bank.plan(segments)
     return bank
 
@@ -139,39 +141,95 @@ def object_masks(video, queries, bank, config, ctx):
     return masks
 
 
+def query_chunks(num_queries, num_frames, chain):
+    """Slices of at most ``chain.query_frames_per_chunk`` / T queries: the stages that keep state per query
+    and frame (keypoint observations, filters, integration, visibility; about 80 bytes per query and
+    frame) run one chunk at a time."""
+    n = max(1, int(chain.query_frames_per_chunk) // max(1, int(num_frames)))
+    return [slice(i, min(i + n, num_queries)) for i in range(0, num_queries, n)]
+
+
 def track_pitrack(video, queries, config, ctx):
     """Tracker backend 'pitrack': stages 1-5 above. ``video`` uint8 [T, H, W, 3], ``queries`` float32 [N, 3]
-    (t, x, y original px) -> tracks [N, T, 2] original px, visible [N, T], σ [N, T] original px."""
+    (t, x, y original px) -> tracks [N, T, 2] original px, visible [N, T], σ [N, T] original px.
+    Stages 1-2 run once per video; stages 2b-5 once per chunk of queries (:func:`query_chunks`), so
+    memory is bounded for any number of queries (dense tracking)."""
+    T, H, W = video.shape[:3]
+    N = queries.shape[0]
+    chunks = query_chunks(N, T, config.chain)
+    fcfg = config.filters
+
+    bank = flow_bank(video, queries, config, ctx, chunks)                              # 1
+    hw = bank.working_hw
+    t0 = time.perf_counter()
+    need_features = fcfg.similarity.enabled or config.visibility.appearance
+    model, tto_maps, fgrid, maps, to_grid = None, None, None, None, None
+    if config.tto.enabled or need_features:                                            # 2
+        fs, model, tto_maps = per_video_model(video, bank, config, ctx)
+        fgrid = fs.grid
+        if need_features:
+            maps, grid = similarity_features(video, config, ctx, tto_maps, fs.grid)
+            to_grid = lambda xy: grid.from_working(xy, hw)  # noqa: E731 - working px -> feature grid
+    ctx.stats["keypoints_stage_s"] = time.perf_counter() - t0
+    ctx.stats["peak_rss_mb_keypoints"] = peak_rss_mb()
+
+    tracks = np.zeros((N, T, 2), np.float32)
+    visible = np.zeros((N, T), bool)
+    sigma = np.zeros((N, T), np.float32)
+    reports = []
+    for k, sl in enumerate(chunks):
+        q = queries[sl]
+        out = track_chunk(video, q, bank, model, tto_maps, fgrid, maps, to_grid, config, ctx,
+                          segment=f"integration {k}", keep_extras=len(chunks) == 1)
+        tracks[sl], visible[sl], sigma[sl] = out[:3]
+        reports.append((sl.start, out[3]))
+    ctx.stats.update(bank.stats)
+    ctx.stats["query_chunks"] = len(chunks)
+    ctx.stats["working_resolution"] = f"{hw[1]}x{hw[0]}"
+    ctx.stats["peak_rss_mb_integration"] = peak_rss_mb()
+    report = merged_reports(reports)
+    ctx.stats["filters"] = {name: dict(rejected=int(r["query"].size), rejected_keypoints=int(r["keypoint"].sum()))
+                            for name, r in report.items()}
+    ctx.extras["filter_rejections"] = report
+    return tracks, visible, sigma
+
+
+def merged_reports(reports):
+    """One filter report (filters.candidates.CandidateFilters.report) from the reports of query chunks
+    [(index of the chunk's first query, report)]: query indices shifted to the whole query set."""
+    out = {}
+    for start, report in reports:
+        for name, r in report.items():
+            out.setdefault(name, []).append(dict(r, query=r["query"] + start))
+    return {name: {k: np.concatenate([r[k] for r in rs]) for k in rs[0]} for name, rs in out.items()}
+
+
+def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, config, ctx, segment, keep_extras):
+    """Stages 2b-5 for one chunk of queries [n, 3]: keypoint observations, candidate filters, integration
+    (reading the bank's planned segment ``segment``), visibility. Returns (tracks [n, T, 2], visible [n, T],
+    σ [n, T]) in original px and the filters' report; with ``keep_extras`` also fills ``ctx.extras``."""
     from filters.candidates import CandidateFilters
     from filters.masks import MaskFilter
     from filters.similarity import SimilarityFilter, query_templates, trajectory_similarity
     from fusion.integrate import integrate
     from fusion.visibility import combined_visibility
     T, H, W = video.shape[:3]
+    hw = bank.working_hw
     tq = queries[:, 0].astype(int)
     cfg, fusion, fcfg = config.chain, config.fusion, config.filters
-
-    bank = flow_bank(video, queries, config, ctx)                                      # 1
-    hw = bank.working_hw
     q_xy = to_center(scale_xy(queries[:, 1:3], (H, W), hw))
-    t0 = time.perf_counter()
 
-    need_features = fcfg.similarity.enabled or config.visibility.appearance
-    observations, maps, to_grid, templates = None, None, None, None
-    if config.tto.enabled or need_features:                                            # 2
+    observations, templates = None, None
+    t0 = time.perf_counter()
+    if config.tto.enabled:                                                             # 2b
         from tto.keypoints import keypoint_observations
-        fs, model, tto_maps = per_video_model(video, bank, config, ctx)
-        if config.tto.enabled:
-            obs_xy, obs_var, obs_ok, kp_stats = keypoint_observations(model, tto_maps, fs.grid, q_xy, tq, hw, (H, W),
-                                                                      config.tto)
-            ctx.stats.update(kp_stats)
-            observations = [obs_xy, obs_var, obs_ok]
-        if need_features:
-            maps, grid = similarity_features(video, config, ctx, tto_maps, fs.grid)
-            to_grid = lambda xy: grid.from_working(xy, hw)  # noqa: E731 - working px -> feature grid
-            templates = query_templates(maps, to_grid, q_xy, tq)
+        obs_xy, obs_var, obs_ok, kp_stats = keypoint_observations(model, tto_maps, fgrid, q_xy, tq, hw, (H, W),
+                                                                  config.tto)
+        add_stats(ctx.stats, kp_stats)
+        observations = [obs_xy, obs_var, obs_ok]
+    if maps is not None:
+        templates = query_templates(maps, to_grid, q_xy, tq)
     t1 = time.perf_counter()
-    ctx.stats["peak_rss_mb_keypoints"] = peak_rss_mb()
 
     filters = []                                                                       # 3
     masks = object_masks(video, queries, bank, config, ctx)
@@ -187,7 +245,7 @@ def track_pitrack(video, queries, config, ctx):
     intervals, use_inf = cfg.parsed_intervals()                                        # 4
     est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2, fusion,
                     float(scale_sigma(fusion.outlier_radius, (H, W), hw)), observations, ctx.progress,
-                    float(scale_sigma(fusion.observation_gate, (H, W), hw)), hook if hook else None)
+                    float(scale_sigma(fusion.observation_gate, (H, W), hw)), hook if hook else None, segment)
 
     similarity = None                                                                  # 5
     if config.visibility.appearance:
@@ -198,23 +256,25 @@ def track_pitrack(video, queries, config, ctx):
     def to_original(xy):
         return scale_xy(from_center(np.asarray(xy)), hw, (H, W))
 
-    ctx.stats.update(bank.stats)
-    ctx.stats["keypoints_stage_s"] = t1 - t0
-    ctx.stats["track_s"] = time.perf_counter() - t1
-    ctx.stats["peak_rss_mb_integration"] = peak_rss_mb()
-    ctx.stats["working_resolution"] = f"{hw[1]}x{hw[0]}"
-    report = hook.report(to_original)
-    ctx.stats["filters"] = {name: dict(rejected=int(r["query"].size), rejected_keypoints=int(r["keypoint"].sum()))
-                            for name, r in report.items()}
-    ctx.extras["filter_rejections"] = report
-    ctx.extras["flow_visible"] = est.vis.numpy()
-    if similarity is not None:
-        ctx.extras["appearance_similarity"] = similarity.numpy()
-    if observations is not None:
-        ctx.extras["keypoints"] = dict(xy=to_original(observations[0].numpy()), valid=observations[2].numpy(),
-                                       sigma=scale_sigma(np.sqrt(observations[1].numpy()), hw, (H, W)))
-    if masks is not None:
-        ctx.extras["masks"] = masks
+    add_stats(ctx.stats, dict(keypoints_stage_s=t1 - t0, track_s=time.perf_counter() - t1))
+    if keep_extras:
+        ctx.extras["flow_visible"] = est.vis.numpy()
+        if similarity is not None:
+            ctx.extras["appearance_similarity"] = similarity.numpy()
+        if observations is not None:
+            ctx.extras["keypoints"] = dict(xy=to_original(observations[0].numpy()), valid=observations[2].numpy(),
+                                           sigma=scale_sigma(np.sqrt(observations[1].numpy()), hw, (H, W)))
+        if masks is not None:
+            ctx.extras["masks"] = masks
     tracks = to_original(est.xy.numpy())
     sigma = scale_sigma(np.sqrt(est.var.numpy()), hw, (H, W))
-    return tracks, visible.numpy(), sigma
+    return tracks, visible.numpy(), sigma, hook.report(to_original)
+
+
+def add_stats(stats, new):
+    """Merge a chunk's stats: seconds (keys ending in _s) add up; other values keep the first chunk's."""
+    for k, v in new.items():
+        if k.endswith("_s") and isinstance(v, (int, float)):
+            stats[k] = stats.get(k, 0.0) + v
+        else:
+            stats.setdefault(k, v)

@@ -33,6 +33,33 @@ class TrackResult(typing.NamedTuple):
     sigma: np.ndarray    # float32 [N, T] position uncertainty (1-σ) in original pixels
 
 
+class DenseResult(typing.NamedTuple):
+    tracks: np.ndarray   # float16 [Hs, Ws, T, 2] (x, y) original pixels of grid point (i, j) of the query frame
+    visible: np.ndarray  # bool [Hs, Ws, T]
+    sigma: np.ndarray    # float16 [Hs, Ws, T] position uncertainty (1-σ), original pixels
+    query_frame: int     # the frame whose pixels are tracked
+    stride: int          # S: grid point (i, j) starts at x = S·j + S/2, y = S·i + S/2 (corner convention)
+
+
+def dense_grid(stride, height, width):
+    """Pixel centres of every S-th pixel: xs [Ws], ys [Hs] with x = S·j + S/2 < W, y = S·i + S/2 < H
+    (corner convention: S = 1 gives the centre of every pixel, j + 0.5)."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise InputError(f"dense stride must be an integer >= 1, got {stride!r}")
+    if stride > min(height, width):
+        raise InputError(f"dense stride {stride} is larger than the {width}x{height} frame")
+    xs = np.arange(stride / 2, width, stride, dtype=np.float64)
+    ys = np.arange(stride / 2, height, stride, dtype=np.float64)
+    return xs.astype(np.float32), ys.astype(np.float32)
+
+
+def dense_queries(frame, stride, height, width):
+    """Queries [Hs·Ws, 3] (t, x, y) of :func:`dense_grid`, row-major (i, then j)."""
+    xs, ys = dense_grid(stride, height, width)
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([np.full(gx.size, frame, np.float32), gx.ravel(), gy.ravel()], 1)
+
+
 def check_queries(queries, video_shape):
     """Validate queries float [N, 3] rows (t, x, y) against a video of shape [T, H, W, 3]; returns float32."""
     T, H, W = video_shape[:3]
@@ -142,3 +169,20 @@ class Tracker:
         assert tracks.shape == (N, T, 2) and visible.shape == (N, T) and sigma.shape == (N, T), \
             f"backend {self.config.tracker} returned wrong shapes"
         return TrackResult(tracks, visible, sigma)
+
+    def dense(self, video, query_frame=0, stride=4):
+        """Track every ``stride``-th pixel of frame ``query_frame`` through ``video`` uint8 [T, H, W, 3], both
+        directions, through the same stages as sparse queries (in chunks of queries: bounded memory).
+        Returns a :class:`DenseResult`; ``stats["dense_points"]`` counts the points."""
+        video = check_video(video)
+        T, H, W = video.shape[:3]
+        if isinstance(query_frame, bool) or not isinstance(query_frame, (int, np.integer)) \
+                or not 0 <= query_frame < T:
+            raise InputError(f"dense query frame {query_frame!r} is not a frame of the video (0 … {T - 1})")
+        xs, ys = dense_grid(stride, H, W)
+        result = self(video, dense_queries(int(query_frame), stride, H, W))
+        self.stats["dense_points"] = int(xs.size * ys.size)
+        shape = (ys.size, xs.size, T)
+        return DenseResult(result.tracks.reshape(shape + (2,)).astype(np.float16),
+                           result.visible.reshape(shape), result.sigma.reshape(shape).astype(np.float16),
+                           int(query_frame), int(stride))
