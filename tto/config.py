@@ -8,8 +8,9 @@ import dataclasses
 class TTOConfig:
     enabled: bool  # long-term keypoint observations from a per-video optimised model
     device: str  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    # CPU threads for optimisation and matching (0: leave torch's setting). Its many small operations
-    # run best on 1 thread: 2 threads were 1.5-8x slower per step when another process shared the cores.
+    # CPU threads for the optimisation and the refined maps (0: leave torch's setting). Its many small
+    # operations run best on 1 thread: 2 threads were 1.5-8x slower per step when another process shared
+    # the cores. Keypoint matching (large batched products) uses torch's setting.
     threads: int
 
     # --- model (tto/model.py) ---

@@ -156,7 +156,7 @@ def keypoint_observations(model, maps, grid, q_xy, tq, hw, original_hw, cfg):
     tq = np.asarray(tq).astype(np.int64).reshape(-1)
     N = q_xy.shape[0]
     use_cycle = float(cfg.cycle_tolerance) > 0
-    with num_threads(cfg.threads):
+    with num_threads(0):            # batched matching: torch's threads (2 threads: 1.6x faster than 1)
         uv, sim, var_cells, back = predict(model, maps, grid.from_working(q_xy.to(dev), hw), tq, cfg.eval_batch,
                                            cycle=use_cycle)
     back, sim = back.cpu(), sim.cpu()
