@@ -204,3 +204,18 @@ def test_cli_dense_writes_contract_and_picture(tmp_path):
         r = run_video("--video", str(folder), "--config", STATIC, "--out", str(bad), *args)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not bad.exists()
+
+
+def test_eval_dense_scores_dense_beside_sparse(tmp_path, synthetic_clip):
+    """The static tracker stays at the query, so its dense result sampled at the query points is the sparse
+    result: the same scores."""
+    import json
+    from test_cli import run
+    data = os.path.dirname(synthetic_clip)
+    r = run("-m", "eval.dense", "--config", STATIC, "--data", data, "--stride", "4", "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    name = os.path.basename(synthetic_clip)
+    s, d = (json.load(open(tmp_path / "o" / f"{name}-{k}.json")) for k in ("sparse", "dense"))
+    assert s["num_queries"] > 0 and d["points"] == 30 * 40
+    assert abs(s["metrics"]["AJ"] - d["metrics"]["AJ"]) < 1e-6
+    assert "| **mean (1)** |" in (tmp_path / "o" / "table.md").read_text()
