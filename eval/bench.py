@@ -69,6 +69,27 @@ def run_one(config_path, video_dir, mode, json_path, pred_path=None):
     return rec
 
 
+def record_or_run(path, matches, cmd, what, fresh=False):
+    """The JSON record at ``path`` when it loads and ``matches(record)`` (and not ``fresh``); else the record
+    that ``cmd``, a worker process run in the repository root, writes there. PitrackError if the worker fails."""
+    rec = None
+    if os.path.exists(path) and not fresh:
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            rec = None
+        if rec is not None and not matches(rec):
+            rec = None
+    if rec is None:
+        r = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if r.returncode != 0:
+            raise PitrackError(f"{what} failed (exit code {r.returncode})")
+        with open(path) as f:
+            rec = json.load(f)
+    return rec
+
+
 def _mean(xs):
     """Mean of the finite values of ``xs`` (None and NaN left out); None if there are none."""
     xs = [x for x in xs if x is not None and np.isfinite(x)]
@@ -205,26 +226,13 @@ def main(argv=None):
         for folder in tqdm(folders, desc=f"bench {config.name} {args.mode}", disable=not sys.stderr.isatty()):
             name = os.path.basename(os.path.normpath(folder))
             jpath = os.path.join(args.out, name + ".json")
-            rec = None
-            if os.path.exists(jpath) and not args.fresh:
-                try:
-                    with open(jpath) as f:
-                        rec = json.load(f)
-                except (OSError, ValueError):
-                    rec = None
+            cmd = [sys.executable, "-m", "eval.bench", "--config", args.config, "--mode", args.mode, "--data", folder,
+                   "--out", args.out, "--worker", folder] + (["--save-pred"] if args.save_pred else [])
+            def matches(r, folder=folder):
                 kind_mode = args.mode if open_video_folder(folder).kind == "tapvid" else "badja"
-                if rec is not None and (rec.get("config_fingerprint") != config.fingerprint()
-                                        or rec.get("mode") != kind_mode
-                                        or rec.get("data") != os.path.abspath(folder)):
-                    rec = None
-            if rec is None:
-                cmd = [sys.executable, "-m", "eval.bench", "--config", args.config, "--mode", args.mode, "--data", folder,
-                       "--out", args.out, "--worker", folder] + (["--save-pred"] if args.save_pred else [])
-                r = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-                if r.returncode != 0:
-                    raise PitrackError(f"video {name} failed (exit code {r.returncode})")
-                with open(jpath) as f:
-                    rec = json.load(f)
+                return (r.get("config_fingerprint"), r.get("mode"), r.get("data")) == \
+                    (config.fingerprint(), kind_mode, os.path.abspath(folder))
+            rec = record_or_run(jpath, matches, cmd, f"video {name}", args.fresh)
             records.append(rec)
             m = rec["metrics"]
             shown = " ".join(f"{k}={_fmt(m.get(k), True)}" for k, _ in (TAPVID_COLUMNS if rec["kind"] == "tapvid" else BADJA_COLUMNS))

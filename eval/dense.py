@@ -10,9 +10,7 @@ tracks only. Writes ``OUT/<video>-sparse.json``, ``OUT/<video>-dense.json`` and 
 reuses the records of the same config, stride and data.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from core.atomic import save_json, save_text
 from core.devices import peak_rss_mb
 from core.errors import InputError, PitrackError
+from eval.bench import record_or_run
 from eval.datasets import list_video_folders, open_video_folder
 
 
@@ -134,23 +133,14 @@ def main(argv=None):
             name = os.path.basename(os.path.normpath(folder))
             recs = []
             for kind in ("sparse", "dense"):
-                path = os.path.join(args.out, f"{name}-{kind}.json")
-                rec = None
-                if os.path.exists(path) and not args.fresh:
-                    with open(path) as f:
-                        rec = json.load(f)
-                    same = (rec.get("config_fingerprint"), rec.get("stride"), rec.get("query_frame"), rec.get("data"))
-                    if same != (config.fingerprint(), args.stride, args.query_frame, os.path.abspath(folder)):
-                        rec = None
-                if rec is None:
-                    cmd = [sys.executable, "-m", "eval.dense", "--config", args.config, "--data", folder,
-                           "--stride", str(args.stride), "--query-frame", str(args.query_frame), "--out", args.out,
-                           "--worker", folder, "--kind", kind]
-                    r = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-                    if r.returncode != 0:
-                        raise PitrackError(f"video {name} ({kind}) failed (exit code {r.returncode})")
-                    with open(path) as f:
-                        rec = json.load(f)
+                cmd = [sys.executable, "-m", "eval.dense", "--config", args.config, "--data", folder,
+                       "--stride", str(args.stride), "--query-frame", str(args.query_frame), "--out", args.out,
+                       "--worker", folder, "--kind", kind]
+                rec = record_or_run(os.path.join(args.out, f"{name}-{kind}.json"),
+                                    lambda r: (r.get("config_fingerprint"), r.get("stride"), r.get("query_frame"),
+                                               r.get("data")) == (config.fingerprint(), args.stride, args.query_frame,
+                                                                  os.path.abspath(folder)),
+                                    cmd, f"video {name} ({kind})", args.fresh)
                 recs.append(rec)
                 if "metrics" in rec:
                     print(f"{name} {kind}: AJ={100 * rec['metrics']['AJ']:.1f} {rec['seconds']:.1f}s "

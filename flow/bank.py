@@ -77,11 +77,10 @@ class FlowBank:
             raise ConfigError(f"flow.memory_mb must be > 0, got {cfg.memory_mb}")
         self.cfg = cfg
         self.progress = progress
-        self.video = video                                   # held once, never copied
         self.num_frames = int(video.shape[0])
         self.original_hw = (int(video.shape[1]), int(video.shape[2]))
         self.working_hw = tuple(int(v) for v in parse_resolution(cfg.resolution, self.original_hw))
-        self._working = ResizedFrames(video, self.working_hw)
+        self._working = ResizedFrames(video, self.working_hw)   # the video held once, resized when read
         self.pair_bytes = 8 * self.working_hw[0] * self.working_hw[1]
         self.budget_bytes = float(cfg.memory_mb) * 2 ** 20
         self._backend = make_backend(cfg)
