@@ -10,7 +10,7 @@ export PITRACK_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 DEMO_CONFIG ?= configs/default.yaml
 DEMO   ?= demo_out
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test clean-demo uncertainty-weights
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The learned flow occlusion/uncertainty head (flow/weights/dis_uncertainty.pt), trained on synthetic
+# layered videos cut from ../shared/data/videos: 40 minutes on 2 CPU cores.
+uncertainty-weights: $(STAMP)
+	$(PY) -m flow.train_uncertainty --backend dis --minutes 40 --seed 0
 
 clean-demo:
 	rm -rf $(DEMO)

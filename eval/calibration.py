@@ -7,6 +7,9 @@ raster: median σ, median error, the fraction of errors below σ and below 2σ, 
 correlation between σ and error. For a calibrated isotropic 2-D Gaussian (σ per axis) the error
 e = ‖x̂ − x‖ follows a Rayleigh law: P(e < σ) = 1 − e^(−1/2) ≈ 0.39 and P(e < 2σ) = 1 − e^(−2) ≈ 0.86.
 Fractions far above those mean σ is too large (under-confident); far below, too small (over-confident).
+
+Occlusion, over all scored frames: precision, recall and F1 of the frames called occluded (not visible)
+against the ground truth's occluded frames.
 """
 import argparse
 import json
@@ -21,13 +24,15 @@ from core.errors import InputError, PitrackError
 
 
 def sigma_errors(video, result, mode):
-    """(σ, error) pairs [M] in the 256×256 raster over scored frames visible in ground truth and prediction."""
+    """(σ, error) pairs [M] in the 256×256 raster over scored frames visible in ground truth and prediction,
+    and (truth occluded, predicted occluded) bool [K] over all scored frames."""
     queries, index = video.queries(mode)
     hw = video.size_hw
     err = np.linalg.norm(scale_xy(result.tracks, hw, SCORING_SIZE) - scale_xy(video.points[index], hw, SCORING_SIZE), axis=-1)
     sig = scale_sigma(result.sigma, hw, SCORING_SIZE)
-    use = evaluation_frames(queries[:, 0], video.num_frames, mode) & ~video.occluded[index] & result.visible
-    return sig[use], err[use]
+    scored = evaluation_frames(queries[:, 0], video.num_frames, mode)
+    use = scored & ~video.occluded[index] & result.visible
+    return sig[use], err[use], video.occluded[index][scored], ~result.visible[scored]
 
 
 def spearman(a, b):
@@ -35,10 +40,20 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
 
 
-def summarize(sig, err):
-    return {"points": int(sig.size), "median_sigma": float(np.median(sig)), "median_error": float(np.median(err)),
-            "within_1sigma": float(np.mean(err < sig)), "within_2sigma": float(np.mean(err < 2 * sig)),
-            "spearman": spearman(sig, err)}
+def occlusion_scores(truth, pred):
+    """Precision, recall and F1 of ``pred`` (called occluded) against ``truth`` (occluded), bool [K]."""
+    tp = float(np.sum(truth & pred))
+    precision, recall = tp / max(int(pred.sum()), 1), tp / max(int(truth.sum()), 1)
+    return {"occ_precision": precision, "occ_recall": recall,
+            "occ_f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0}
+
+
+def summarize(sig, err, truth_occ, pred_occ):
+    out = {"points": int(sig.size), "median_sigma": float(np.median(sig)), "median_error": float(np.median(err)),
+           "within_1sigma": float(np.mean(err < sig)), "within_2sigma": float(np.mean(err < 2 * sig)),
+           "spearman": spearman(sig, err)}
+    out.update(occlusion_scores(truth_occ, pred_occ))
+    return out
 
 
 def main(argv=None):
@@ -52,18 +67,16 @@ def main(argv=None):
         from pitrack import Tracker
         tracker = Tracker.from_config(args.config, progress=False)
         folders = list_video_folders(args.data, args.videos)
-        sigs, errs = [], []
+        parts = []
         for folder in folders:
             video = open_video_folder(folder)
             if not isinstance(video, TapVidVideo):
                 raise InputError(f"{folder}: calibration needs TAP-Vid format ground truth")
             q, _ = video.queries(args.mode)
-            s, e = sigma_errors(video, tracker(video.load_frames(), q), args.mode)
-            sigs.append(s)
-            errs.append(e)
+            parts.append(sigma_errors(video, tracker(video.load_frames(), q), args.mode))
         out = {"config": tracker.config.name, "mode": args.mode, "videos": len(folders)}
         out.update({k: round(v, 4) if isinstance(v, float) else v
-                    for k, v in summarize(np.concatenate(sigs), np.concatenate(errs)).items()})
+                    for k, v in summarize(*(np.concatenate(v) for v in zip(*parts))).items()})
         print(json.dumps(out))
     except PitrackError as e:
         print(f"eval.calibration: error: {e}", file=sys.stderr)

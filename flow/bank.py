@@ -57,6 +57,16 @@ def make_backend(cfg):
     raise ConfigError(f"unknown flow.backend '{cfg.backend}' (known: raft_small, raft_large, dis)")
 
 
+def make_uncertainty(cfg):
+    """The occlusion and variance estimator of ``cfg.uncertainty``: forward–backward formulas or a learned head."""
+    if cfg.uncertainty == "fb":
+        return FBUncertainty.from_config(cfg)
+    if cfg.uncertainty == "learned":
+        from flow.learned_uncertainty import LearnedUncertainty
+        return LearnedUncertainty(cfg.backend, cfg.uncertainty_weights, cfg.var_max)
+    raise ConfigError(f"unknown flow.uncertainty '{cfg.uncertainty}' (known: fb, learned)")
+
+
 def uses_disk_cache(cfg):
     """Whether ``cfg`` (FlowConfig) stores flows on disk: ``flow.cache`` on, or auto with a RAFT backend."""
     if cfg.cache not in ("auto", "on", "off"):
@@ -81,13 +91,20 @@ class FlowBank:
         self.original_hw = (int(video.shape[1]), int(video.shape[2]))
         self.working_hw = tuple(int(v) for v in parse_resolution(cfg.resolution, self.original_hw))
         self._working = ResizedFrames(video, self.working_hw)   # the video held once, resized when read
-        self.pair_bytes = 8 * self.working_hw[0] * self.working_hw[1]
-        self.budget_bytes = float(cfg.memory_mb) * 2 ** 20
         self._backend = make_backend(cfg)
-        self._uncertainty = FBUncertainty.from_config(cfg)
+        self._uncertainty = make_uncertainty(cfg)
+        self.uncertainty_id = self._uncertainty.cache_id()
+        self._map_shape = None
+        if self._uncertainty.needs_maps:
+            from flow.learned_uncertainty import map_shape
+            self._map_shape = map_shape(self.working_hw)
+        self.pair_bytes = 8 * self.working_hw[0] * self.working_hw[1] + (
+            8 * self._map_shape[1] * self._map_shape[2] if self._map_shape else 0)
+        self.budget_bytes = float(cfg.memory_mb) * 2 ** 20
         self._stats = dict(flow_s=0.0, flow_pairs_computed=0, flow_pairs_recomputed=0, flow_pairs_loaded=0,
                            network_evals=0, cache_files_rejected=0, load_s=0.0, save_s=0.0, resize_s=0.0,
-                           flow_fields_alive_max=0, flow_memory_peak_mb=0.0)
+                           flow_fields_alive_max=0, flow_memory_peak_mb=0.0,
+                           uncertainty_s=0.0)
         t0 = time.perf_counter()
         self.key_fields = self._key_fields()
         self._stats["key_s"] = time.perf_counter() - t0
@@ -95,7 +112,8 @@ class FlowBank:
         self.cache_folder = None
         if cache_dir is not None and uses_disk_cache(cfg):
             self.cache_folder = os.path.join(os.fspath(cache_dir), "flows", self.key)
-        self._held = collections.OrderedDict()    # (a, b), a < b -> (fwd, bwd) float16 [2, h, w]; oldest first
+        self._held = collections.OrderedDict()    # (a, b), a < b -> (fwd, bwd) float16 [2, h, w] and their
+        #                                           uncertainty maps (learned) or None, None; oldest first
         self._uses = {}                           # (a, b) -> deque of future use positions (planned pairs)
         self._segments = {}                       # segment name -> its first use position
         self._clock = 0
@@ -277,16 +295,29 @@ class FlowBank:
             if not np.isfinite(flows).all():
                 raise RuntimeError(f"flow backend {self.cfg.backend} returned non-finite flow for pairs {chunk}")
             flows = flows.astype(np.float16)
+            n = len(chunk)
+            maps = self._maps([frames[s] for s in src], [frames[d] for d in dst], flows,
+                              np.concatenate([flows[n:], flows[:n]]))
             for j, (a, b) in enumerate(chunk):
-                self._held[(a, b)] = (flows[j], flows[len(chunk) + j])
+                self._held[(a, b)] = (flows[j], flows[n + j], maps[j], maps[n + j])
                 self._stats["flow_pairs_computed"] += 1
                 if (a, b) in self._ever:
                     self._stats["flow_pairs_recomputed"] += 1
                 self._ever.add((a, b))
-                self._save_pair(a, b, *self._held[(a, b)])
+                self._save_pair(a, b, flows[j], flows[n + j])
             self._note_memory()
             if bar is not None:
                 bar.update(len(chunk))
+
+    def _maps(self, frames_a, frames_b, flow_ab, flow_ba):
+        """Uncertainty maps of the directed flows a → b (learned head), else a list of None."""
+        if not self._uncertainty.needs_maps:
+            return [None] * len(frames_a)
+        t0 = time.perf_counter()
+        out = self._uncertainty.maps(np.stack(frames_a), np.stack(frames_b), flow_ab.astype(np.float32),
+                                     flow_ba.astype(np.float32))
+        self._stats["uncertainty_s"] += time.perf_counter() - t0
+        return list(out)
 
     def _ensure(self, pairs):
         """Hold the unordered pairs [(a, b), a < b]: memory, else disk, else computed (batched)."""
@@ -299,7 +330,10 @@ class FlowBank:
             if got is None:
                 todo.append(p)
                 continue
-            self._held[p] = got
+            fwd, bwd = got
+            frames = self.working_frames(p)
+            m = self._maps([frames[0], frames[1]], [frames[1], frames[0]], np.stack([fwd, bwd]), np.stack([bwd, fwd]))
+            self._held[p] = (fwd, bwd, m[0], m[1])
             self._ever.add(p)
             self._stats["flow_pairs_loaded"] += 1
             self._note_memory()
@@ -310,12 +344,12 @@ class FlowBank:
                 self._compute(todo, bar)
 
     def _fields(self, a, b):
-        """(F_ab, F_ba) float16 [2, h, w] of a held pair."""
+        """(F_ab, F_ba) float16 [2, h, w] of a held pair, and the uncertainty map of a → b (or None)."""
         if a == b:
             z = np.zeros(self._shape(), np.float16)
-            return z, z
-        fwd, bwd = self._held[(min(a, b), max(a, b))]
-        return (fwd, bwd) if a < b else (bwd, fwd)
+            return z, z, (self._uncertainty.still_map(self._map_shape) if self._map_shape else None)
+        fwd, bwd, mfwd, mbwd = self._held[(min(a, b), max(a, b))]
+        return (fwd, bwd, mfwd) if a < b else (bwd, fwd, mbwd)
 
     # --- public API --------------------------------------------------------------------------------------
 
@@ -362,7 +396,11 @@ class FlowBank:
             q = pts + d_ab
             d_ba = sample_fields(fba, q)
             outside = ((q[..., 0] < -0.5) | (q[..., 0] > w - 0.5) | (q[..., 1] < -0.5) | (q[..., 1] > h - 0.5)).numpy()
-            occ, var = self._uncertainty.at_points(d_ab.numpy(), d_ba.numpy(), outside)
+            if self._map_shape:
+                maps = torch.from_numpy(np.stack([self._fields(*pairs[g])[2] for g in rows]))
+                occ, var = self._uncertainty.at_points(maps, pts, outside)
+            else:
+                occ, var = self._uncertainty.at_points(d_ab.numpy(), d_ba.numpy(), outside)
             out[rows] = torch.cat([d_ab, torch.from_numpy(occ)[..., None], torch.from_numpy(var)[..., None]], -1)
         self._enforce_budget()
         return out

@@ -14,7 +14,10 @@ class FlowConfig:
     dis_preset: str  # OpenCV DIS preset: ultrafast | fast | medium
     allow_download: bool  # no checkpoint file found: let torchvision download its own RAFT weights (needs internet)
     device: str  # RAFT device: auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    # Occlusion / uncertainty of every flow field (see flow/occlusion.py for the formulas and why).
+    # Occlusion / uncertainty of every flow field: fb = forward–backward formulas (flow/occlusion.py),
+    # learned = a head trained on synthetic videos (flow/learned_uncertainty.py).
+    uncertainty: str  # fb | learned
+    uncertainty_weights: str  # learned: head file; empty: the packaged head of the backend (flow/weights/)
     fb_tau: float  # τ0 (working px): FB residual scale of a visible pixel; p_occ(r=τ0) ≈ 0.39, (2τ0) ≈ 0.86
     fb_alpha: float  # τ² = τ0² + α·(|F_ab|² + |F_ba(p+F_ab)|²): large motions are allowed larger residuals
     var_floor: float  # σ0² (working px²): per-axis flow variance the FB check cannot see (consistent errors)

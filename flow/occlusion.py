@@ -110,6 +110,8 @@ def fb_occlusion_variance(flow_ab, flow_ba, tau=1.0, alpha=0.01, var_floor=0.25,
 class FBUncertainty:
     """The default estimator: forward–backward consistency with the parameters of a FlowConfig."""
 
+    needs_maps = False   # evaluated at the sampled points only, from the two flows
+
     def __init__(self, tau=1.0, alpha=0.01, var_floor=0.25, var_gain=0.25, var_max=1.0e4):
         if tau <= 0 or alpha < 0 or var_floor <= 0 or var_gain < 0 or var_max < var_floor:
             raise ConfigError("flow uncertainty: need fb_tau > 0, fb_alpha >= 0, var_floor > 0, var_gain >= 0, "
@@ -120,6 +122,10 @@ class FBUncertainty:
     @classmethod
     def from_config(cls, cfg):
         return cls(cfg.fb_tau, cfg.fb_alpha, cfg.var_floor, cfg.var_gain, cfg.var_max)
+
+    def cache_id(self):
+        """What determines this estimator's outputs (for the keys of anything trained on them)."""
+        return dict(uncertainty="fb", **self.params)
 
     def at_points(self, d_ab, d_ba, outside):
         """The same formulas at single points: ``d_ab`` [..., 2] = F_ab(p), ``d_ba`` [..., 2] = F_ba(p + F_ab(p)),

@@ -389,7 +389,7 @@ def test_bank_sample_formulas_at_points_on_hand_made_flows():
     fwd[0], fwd[1] = 2.0, 3.0
     bwd = -fwd.copy()
     bwd[1, :, 21:] = 1.0                          # in frame 1, columns >= 21 point back 4 px off
-    bank._held[(0, 1)] = (fwd, bwd)
+    bank._held[(0, 1)] = (fwd, bwd, None, None)
     pts = torch.tensor([[[5.0, 5.0], [20.0, 5.0], [5.0, 17.0], [5.0, 15.5]]])
     s = bank.sample([(0, 1)], pts)[0]
     assert s[:, :2].tolist() == [[2.0, 3.0]] * 4

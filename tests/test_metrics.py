@@ -237,11 +237,22 @@ def test_calibration_summary_of_a_calibrated_gaussian():
     rng = np.random.default_rng(0)
     sigma = rng.uniform(0.5, 5.0, 20000)
     err = np.linalg.norm(rng.standard_normal((20000, 2)), axis=1) * sigma     # isotropic, σ per axis
-    s = summarize(sigma, err)
+    none = np.zeros(1, bool)
+    s = summarize(sigma, err, none, none)
     assert s["within_1sigma"] == pytest.approx(1 - np.exp(-0.5), abs=0.01)
     assert s["within_2sigma"] == pytest.approx(1 - np.exp(-2.0), abs=0.01)
     assert s["spearman"] > 0.3
-    assert summarize(sigma, err * 5)["within_2sigma"] < 0.3                       # over-confident σ shows
+    assert summarize(sigma, err * 5, none, none)["within_2sigma"] < 0.3           # over-confident σ shows
+
+
+def test_occlusion_scores_by_hand():
+    from eval.calibration import occlusion_scores
+    truth = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+    pred = np.array([1, 0, 0, 1, 0, 0, 0, 0], bool)          # 1 TP, 1 FP, 2 FN
+    s = occlusion_scores(truth, pred)
+    assert s["occ_precision"] == 0.5 and s["occ_recall"] == pytest.approx(1 / 3)
+    assert s["occ_f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+    assert occlusion_scores(truth, np.zeros(8, bool))["occ_f1"] == 0.0
 
 
 def test_keypoint_quality_counts():

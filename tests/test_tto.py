@@ -394,6 +394,11 @@ def test_random_init_dinov2_end_to_end_with_cache(tmp_path):
     # provider-only settings reuse the checkpoint; a training setting does not
     _, _, valid3, st3, _ = _keypoints(video, q, tq, bank, _tiny_config(similarity_threshold=2.0), str(tmp_path))
     assert st3["tto_steps"] == 0 and not valid3.any()
+    # the training trajectories read the flows' occlusion: another estimator means another checkpoint
+    import dataclasses
+    bank5 = FlowBank(video, dataclasses.replace(config.flow, fb_tau=3.0), None, progress=False)
+    _, _, _, st5, _ = _keypoints(video, q, tq, bank5, config, str(tmp_path))
+    assert st5["tto_key"] != st["tto_key"] and st5["tto_steps"] == 4
     from tto.train import train_key
     assert train_key("f", "d", _tiny_config(lr=5e-4).tto, 3) != train_key("f", "d", config.tto, 3) == \
         train_key("f", "d", _tiny_config(sigma_floor=9.0, device="cpu").tto, 3)

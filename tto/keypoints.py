@@ -14,6 +14,7 @@ The pipeline (pitrack/pipeline.py) calls :func:`optimise` (training trajectories
 optimisation, checkpointed in the per-video cache and resumable), then :func:`refined_video_maps`, then
 :func:`keypoint_observations` (the matches of the queries in every frame).
 """
+import json
 import os
 import time
 
@@ -109,7 +110,9 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     hw = tuple(bank.working_hw)
-    key = train_key(fs.key, f"{getattr(bank, 'key', 'no-bank-key')}-{hw[1]}x{hw[0]}", cfg, seed)
+    # the training trajectories depend on the flows and on their occlusion estimates
+    data_key = json.dumps([getattr(bank, "key", "no-bank-key"), getattr(bank, "uncertainty_id", None), hw], sort_keys=True)
+    key = train_key(fs.key, data_key, cfg, seed)
     ckpt = os.path.join(os.fspath(cache_dir), "tto", f"{key}.pt") if cache_dir is not None else None
     stats["tto_key"] = key
     if ckpt is not None and os.path.isfile(ckpt):

@@ -1,0 +1,203 @@
+"""Learned occlusion probability and flow variance of a flow field (``flow.uncertainty: learned``).
+
+A small convolutional head looks at one directed flow a → b and returns, per pixel, the logit of the
+occlusion probability and α = log σ² (per-axis variance, working px²). It is trained here, on the
+synthetic layered videos of :mod:`synthetic.layers` (``python -m flow.train_uncertainty``), with the
+losses of MFT (Neoral et al. 2024, Sec. 3.2):
+
+    occlusion    L_occ = BCE(sigmoid(logit), o*)                  on pixels with a hard label o* ∈ {0, 1}
+    uncertainty  L_unc = α + ‖F − F*‖² / (2·e^α)                 on visible pixels (o* = 0) inside the frame
+
+L_unc is the negative log-likelihood (less a constant) of the 2-D flow error under an isotropic
+Gaussian of per-axis variance σ² = e^α; its minimiser is σ² = E‖F − F*‖²/2, the per-axis variance the
+integrator expects.
+
+Head input for the DIS backend (:func:`dis_head_inputs`, 14 channels at the working resolution): frame
+a and frame b warped to a by F_ab (RGB, centred), their mean absolute difference, the flow F_ab / 16,
+the forward–backward residual vector (F_ab + F_ba(p + F_ab(p))) / 4, log(1 + ‖residual‖),
+log(1 + ‖F_ab‖) and whether p + F_ab(p) left the frame. The photometric terms see what the
+forward–backward check cannot: a flow that slid onto an occluder agrees in both directions but lands
+on different colours. The input is average-pooled ×2, the head downsamples ×2 again and outputs at a
+quarter of the working resolution; the outputs are sampled bilinearly at the points the integrator
+asks for.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.errors import ConfigError, WeightsError
+from core.paths import file_sha256
+
+HEAD_FORMAT = 1
+HEAD_STRIDE = 4                       # output cell = HEAD_STRIDE × HEAD_STRIDE working pixels
+DIS_INPUT_CHANNELS = 14
+LOG_VAR_RANGE = (-6.0, 10.0)          # α is clamped here: σ from 0.05 px to 148 px
+PACKAGED = {"dis": "dis_uncertainty.pt"}
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+
+
+def warp_backward(image, flow):
+    """``image`` float [B, C, h, w] sampled at p + flow(p) (pixel-centre convention, border clamp): frame b
+    seen from frame a. ``flow`` float [B, 2, h, w]."""
+    B, _, h, w = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype), torch.arange(w, dtype=flow.dtype), indexing="ij")
+    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    return F.grid_sample(image, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
+                         align_corners=True)
+
+
+def dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba):
+    """The DIS head's input: float32 [B, 14, ⌈h/2⌉, ⌈w/2⌉] (module docstring), at half the working resolution.
+
+    ``frames_a``, ``frames_b``: uint8 [B, h, w, 3] working frames; ``flow_ab``, ``flow_ba``: float [B, 2, h, w]
+    working px, pixel-centre convention (numpy or torch). Frames and flows are average-pooled ×2 first
+    (4× fewer pixels to warp); flows and residuals stay in working px.
+    """
+    def pool(x):
+        return F.avg_pool2d(x, 2, ceil_mode=True)
+
+    ia = pool(torch.as_tensor(np.asarray(frames_a)).permute(0, 3, 1, 2).float()) / 255.0 - 0.5
+    ib = pool(torch.as_tensor(np.asarray(frames_b)).permute(0, 3, 1, 2).float()) / 255.0 - 0.5
+    fab = pool(torch.as_tensor(np.asarray(flow_ab, dtype=np.float32)))
+    fba = pool(torch.as_tensor(np.asarray(flow_ba, dtype=np.float32)))
+    h, w = np.asarray(flow_ab).shape[-2:]
+    hh, ww = fab.shape[-2:]
+    warped_b, back = warp_backward(torch.cat([ib, fba], 1), fab * 0.5).split([3, 2], 1)
+    residual = fab + back
+    ys, xs = torch.meshgrid(torch.arange(hh, dtype=torch.float32), torch.arange(ww, dtype=torch.float32), indexing="ij")
+    qx, qy = 2 * xs + 0.5 + fab[:, 0], 2 * ys + 0.5 + fab[:, 1]          # pooled cell centres in working px
+    outside = ((qx < -0.5) | (qx > w - 0.5) | (qy < -0.5) | (qy > h - 0.5)).float()[:, None]
+    return torch.cat([ia, warped_b, (ia - warped_b).abs().mean(1, keepdim=True), fab / 16.0, residual / 4.0,
+                      torch.log1p(residual.norm(dim=1, keepdim=True)), torch.log1p(fab.norm(dim=1, keepdim=True)),
+                      outside], 1)
+
+
+class DISUncertaintyHead(nn.Module):
+    """[B, 14, ⌈h/2⌉, ⌈w/2⌉] head input -> [B, 2, ⌈h/4⌉, ⌈w/4⌉] (occlusion logit, α = log σ²)."""
+
+    def __init__(self, channels=32):
+        super().__init__()
+        c = int(channels)
+        self.channels = c
+        self.body = nn.Sequential(
+            nn.Conv2d(DIS_INPUT_CHANNELS, c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, 2, 1))
+
+    def forward(self, x):
+        out = self.body(x)
+        return torch.cat([out[:, :1], out[:, 1:].clamp(*LOG_VAR_RANGE)], 1)
+
+
+def upsample_to(maps, hw):
+    """Head outputs [B, 2, h', w'] -> [B, 2, h, w] at working pixels: bilinear, cell centres placed at
+    working x = HEAD_STRIDE·j + (HEAD_STRIDE − 1)/2 (the pooled cells' centres)."""
+    h, w = hw
+    ys = (torch.arange(h, dtype=torch.float32) - (HEAD_STRIDE - 1) / 2) / HEAD_STRIDE
+    xs = (torch.arange(w, dtype=torch.float32) - (HEAD_STRIDE - 1) / 2) / HEAD_STRIDE
+    hh, ww = maps.shape[-2:]
+    gy = ys * (2.0 / max(hh - 1, 1)) - 1.0
+    gx = xs * (2.0 / max(ww - 1, 1)) - 1.0
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None].expand(maps.shape[0], -1, -1, -1)
+    return F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def map_shape(hw):
+    """(2, h', w') of the head's output for working frames of size ``hw`` = (h, w)."""
+    return (2, -(-int(hw[0]) // HEAD_STRIDE), -(-int(hw[1]) // HEAD_STRIDE))
+
+
+def head_points(points):
+    """Working-pixel points (x, y), pixel-centre convention -> positions on the head's output grid."""
+    return (points - (HEAD_STRIDE - 1) / 2) / HEAD_STRIDE
+
+
+def save_head(path, head, backend, meta):
+    """Write the head's weights with ``meta`` (command, seed, generator version, training figures)."""
+    meta = json.loads(json.dumps(meta, default=float))      # plain types only: loadable with weights_only=True
+    torch.save({"format": HEAD_FORMAT, "backend": backend, "channels": head.channels,
+                "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "meta": meta}, path)
+
+
+def load_head(path, backend):
+    """(head, meta) from ``path``, checked: format, backend, tensor names and shapes, finite values.
+    Anything else is refused with one WeightsError line."""
+    from core.checkpoints import check_fits
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"learned flow uncertainty: no weights file {path} (train them: "
+                           f"python -m flow.train_uncertainty --backend {backend})") from None
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file
+        raise WeightsError(f"learned flow uncertainty: {path} is not a readable weights file "
+                           f"({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != HEAD_FORMAT or "state_dict" not in ckpt:
+        raise WeightsError(f"learned flow uncertainty: {path} is not a format-{HEAD_FORMAT} head file")
+    if ckpt.get("backend") != backend:
+        raise WeightsError(f"learned flow uncertainty: {path} was trained for flow backend "
+                           f"'{ckpt.get('backend')}', not '{backend}'")
+    head = DISUncertaintyHead(int(ckpt.get("channels", 32)))
+    state = ckpt["state_dict"]
+    check_fits(state, head.state_dict(), f"learned flow uncertainty {path}")
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise WeightsError(f"learned flow uncertainty: {path} holds non-finite weights")
+    head.load_state_dict(state, strict=True)
+    return head.eval(), dict(ckpt.get("meta", {}))
+
+
+def resolve_head_path(weights, backend):
+    if weights:
+        return weights
+    if backend not in PACKAGED:
+        raise ConfigError(f"flow.uncertainty: learned has no packaged head for flow backend '{backend}' "
+                          f"(packaged: {', '.join(PACKAGED)}); train one with python -m flow.train_uncertainty "
+                          f"and set flow.uncertainty_weights")
+    return os.path.join(WEIGHTS_DIR, PACKAGED[backend])
+
+
+class LearnedUncertainty:
+    """Occlusion and variance from a trained head: :meth:`maps` when a pair's flows are computed,
+    :meth:`at_points` when the integrator samples them."""
+
+    needs_maps = True
+
+    def __init__(self, backend, weights="", var_max=1.0e4):
+        if backend != "dis":
+            raise ConfigError(f"flow.uncertainty: learned is implemented for the dis backend, not '{backend}'")
+        self.path = resolve_head_path(weights, backend)
+        self.head, self.meta = load_head(self.path, backend)
+        self.var_max = float(var_max)
+        self.sha = file_sha256(self.path)[:16]
+
+    def cache_id(self):
+        return {"uncertainty": "learned", "head": self.sha}
+
+    def still_map(self, shape):
+        """The map of a frame to itself: not occluded, least variance. float16 ``shape`` = (2, h', w')."""
+        m = np.empty(shape, np.float16)
+        m[0], m[1] = -20.0, LOG_VAR_RANGE[0]
+        return m
+
+    def maps(self, frames_a, frames_b, flow_ab, flow_ba):
+        """float16 [B, 2, ⌈h/4⌉, ⌈w/4⌉] (occlusion logit, α) of the directed flows a → b."""
+        with torch.inference_mode():
+            return self.head(dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba)).half().numpy()
+
+    def at_points(self, maps, points, outside):
+        """``maps`` torch [G, 2, h', w'] of G directed flows, ``points`` torch [G, M, 2] working px (pixel-centre)
+        in their first frames, ``outside`` bool [G, M]. Returns occlusion [G, M] and variance [G, M] (numpy)."""
+        from core.sampling import sample_fields
+        s = sample_fields(maps.float(), head_points(points))
+        occ = torch.sigmoid(s[..., 0]).numpy()
+        var = np.minimum(np.exp(s[..., 1].numpy()), self.var_max)
+        return (np.where(outside, np.float32(1.0), occ).astype(np.float32),
+                np.where(outside, np.float32(self.var_max), var).astype(np.float32))
+

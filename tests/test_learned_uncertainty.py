@@ -1,0 +1,184 @@
+"""Learned flow occlusion and uncertainty: head shapes, training, weight files, the flow bank with the head."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import ConfigError, WeightsError
+from eval.synthetic import smooth_texture
+from flow.learned_uncertainty import (DISUncertaintyHead, LearnedUncertainty, dis_head_inputs, load_head, map_shape,
+                                      save_head, upsample_to)
+from pitrack.config import default_section
+from synthetic.layers import SceneConfig, TexturePool, sample_pair
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGED = os.path.join(REPO, "flow", "weights", "dis_uncertainty.pt")
+
+
+def _pool():
+    rng = np.random.default_rng(0)
+    return TexturePool.from_arrays([smooth_texture(rng, 96, 128).astype(np.uint8) for _ in range(3)])
+
+
+def _batch(pool, seeds, size_hw=(64, 96)):
+    from flow.dis import DISFlow
+    from flow.train_uncertainty import pair_batch
+    return pair_batch(pool, DISFlow("ultrafast"), seeds, size_hw)
+
+
+def test_head_shapes_and_half_resolution_inputs():
+    frames = np.random.default_rng(0).integers(0, 255, (3, 37, 50, 3), dtype=np.uint8)
+    flow = np.zeros((3, 2, 37, 50), np.float32)
+    x = dis_head_inputs(frames, frames, flow, flow)
+    assert x.shape == (3, 14, 19, 25)
+    out = DISUncertaintyHead(8)(x)
+    assert out.shape == (3,) + map_shape((37, 50)) == (3, 2, 10, 13)
+    assert upsample_to(out, (37, 50)).shape == (3, 2, 37, 50)
+    # identical frames and zero flow: no photometric difference, no residual, nothing leaves the frame
+    assert float(x[:, 6].abs().max()) < 1e-5 and float(x[:, 13].max()) == 0.0
+    # a flow pointing out of the frame sets the 'outside' channel
+    flow[:, 0] = 100.0
+    assert float(dis_head_inputs(frames, frames, flow, -flow)[:, 13].min()) == 1.0
+
+
+def test_warp_inputs_follow_the_flow():
+    """Frame b = frame a shifted right by 4 px; with the true flow (+4) the warped b equals a inside."""
+    rng = np.random.default_rng(1)
+    a = smooth_texture(rng, 40, 64).astype(np.uint8)[None]
+    b = np.zeros_like(a)
+    b[:, :, 4:] = a[:, :, :-4]
+    flow = np.zeros((1, 2, 40, 64), np.float32)
+    flow[:, 0] = 4.0
+    good = dis_head_inputs(a, b, flow, -flow)[0, 6, :, 2:-4].mean()
+    bad = dis_head_inputs(a, b, np.zeros_like(flow), np.zeros_like(flow))[0, 6, :, 2:-4].mean()
+    assert float(good) < 0.01 < float(bad)
+
+
+def test_a_short_training_run_lowers_the_loss():
+    from flow.train_uncertainty import losses
+    torch.manual_seed(0)
+    pool = _pool()
+    batch = _batch(pool, range(4))
+    head = DISUncertaintyHead(8)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    x, est, gt, occ = batch
+    first = None
+    for _ in range(60):
+        l_occ, l_unc = losses(upsample_to(head(x), est.shape[-2:]), est, gt, occ)
+        loss = l_occ + l_unc
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first
+
+
+def test_uncertainty_loss_by_hand():
+    """NLL α + e²/(2e^α) on visible pixels, BCE on hard occlusion labels; soft labels are left out."""
+    from flow.train_uncertainty import losses
+    out = torch.zeros(1, 2, 1, 3)
+    out[0, 1] = torch.tensor([[0.0, np.log(2.0), 0.0]])
+    est = torch.zeros(1, 2, 1, 3)
+    gt = torch.zeros(1, 2, 1, 3)
+    gt[0, 0, 0, 1] = 2.0                          # error 2 px at the second pixel
+    occ = torch.tensor([[[0.0, 0.0, 0.5]]])       # third pixel: soft label, in neither loss
+    l_occ, l_unc = losses(out, est, gt, occ)
+    assert float(l_unc) == pytest.approx((0.0 + np.log(2.0) + 4.0 / 4.0) / 2, abs=1e-6)
+    assert float(l_occ) == pytest.approx(np.log(2.0), abs=1e-6)   # logit 0 on two visible pixels
+
+
+def test_weights_round_trip_and_refusals(tmp_path):
+    head = DISUncertaintyHead(8)
+    path = str(tmp_path / "h.pt")
+    save_head(path, head, "dis", {"seed": 3})
+    loaded, meta = load_head(path, "dis")
+    assert meta == {"seed": 3}
+    for a, b in zip(head.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(WeightsError, match="trained for flow backend 'dis', not 'raft_small'"):
+        load_head(path, "raft_small")
+    with open(path, "rb") as f:
+        data = f.read()
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="not a readable weights file") as e:
+        load_head(str(bad), "dis")
+    assert "\n" not in str(e.value)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["body.0.weight"] = ckpt["state_dict"]["body.0.weight"][:4]
+    torch.save(ckpt, str(tmp_path / "shape.pt"))
+    with pytest.raises(WeightsError, match="body.0.weight"):
+        load_head(str(tmp_path / "shape.pt"), "dis")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["body.0.bias"][0] = float("nan")
+    torch.save(ckpt, str(tmp_path / "nan.pt"))
+    with pytest.raises(WeightsError, match="non-finite"):
+        load_head(str(tmp_path / "nan.pt"), "dis")
+    with pytest.raises(WeightsError, match="no weights file"):
+        load_head(str(tmp_path / "missing.pt"), "dis")
+    with pytest.raises(ConfigError, match="learned is implemented for the dis backend"):
+        LearnedUncertainty("raft_small", path)
+
+
+def test_packaged_weights_record_how_they_were_made():
+    if not os.path.isfile(PACKAGED):
+        pytest.fail(f"{PACKAGED} missing: make uncertainty-weights")
+    _, meta = load_head(PACKAGED, "dis")
+    assert meta["command"].startswith("python -m flow.train_uncertainty")
+    for k in ("seed", "generator_version", "steps", "wall_s", "validation"):
+        assert k in meta
+    from synthetic.layers import GENERATOR_VERSION
+    assert meta["generator_version"] == GENERATOR_VERSION
+
+
+def test_bank_samples_the_learned_maps(tmp_path):
+    """FlowBank with flow.uncertainty learned: occlusion and variance at points are the head's maps, sampled
+    bilinearly; the same with the flows from the disk cache; another head is another TTO data key."""
+    from flow.bank import FlowBank
+    head = DISUncertaintyHead(8)
+    torch.manual_seed(0)
+    for p in head.parameters():
+        p.data.normal_(0, 0.4)
+    path = str(tmp_path / "h.pt")
+    save_head(path, head, "dis", {})
+    d = sample_pair(_pool(), 5, size_hw=(48, 64), gap=2, config=SceneConfig(photometric=False))
+    video = np.stack([d["frame1"], d["frame2"], d["frame1"]])
+    cfg = default_section("flow", backend="dis", dis_preset="ultrafast", uncertainty="learned",
+                          uncertainty_weights=path, cache="on")
+    bank = FlowBank(video, cfg, str(tmp_path / "cache"), progress=False)
+    ys, xs = torch.meshgrid(torch.arange(0, 48, 3.0), torch.arange(0, 64, 3.0), indexing="ij")
+    pts = torch.stack([xs.flatten(), ys.flatten()], -1)[None]
+    got = bank.sample([(0, 1)], pts)[0]
+    fwd, bwd = bank.flow(0, 1), bank.flow(1, 0)
+    with torch.no_grad():
+        full = upsample_to(head(dis_head_inputs(video[:1], video[1:2], fwd[None], bwd[None])), (48, 64))[0]
+    at = full[:, ys.flatten().long(), xs.flatten().long()]
+    inside = got[:, 2] < 1                                     # points whose flow leaves the frame: occlusion 1
+    assert inside.sum() > 200 and float(at[1].std()) > 0.05   # the maps vary: a misplaced sample shows
+    assert torch.allclose(got[inside, 2], torch.sigmoid(at[0, inside]), atol=2e-3)
+    assert torch.allclose(got[inside, 3], at[1, inside].exp(), rtol=1e-2)     # maps are held as float16
+    assert bank.uncertainty_id["uncertainty"] == "learned"
+    again = FlowBank(video, cfg, str(tmp_path / "cache"), progress=False)
+    got2 = again.sample([(0, 1)], pts)[0]
+    assert again.stats["flow_pairs_loaded"] == 1 and torch.allclose(got, got2)
+    # the frame to itself: not occluded
+    assert float(bank.sample([(2, 2)], pts)[0, :, 2].max()) < 1e-6
+    fb = FlowBank(video, dataclasses.replace(cfg, uncertainty="fb"), None, progress=False)
+    assert fb.uncertainty_id != bank.uncertainty_id
+    with pytest.raises(ConfigError, match="unknown flow.uncertainty"):
+        FlowBank(video, dataclasses.replace(cfg, uncertainty="magic"), None, progress=False)
+
+
+def test_training_cli_refuses_bad_input_before_work(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for args, needle in ((["--size", "big"], "--size"), (["--textures", str(tmp_path)], "no .jpg"),
+                         (["--batch", "0"], "positive")):
+        r = subprocess.run([sys.executable, "-m", "flow.train_uncertainty", *args, "--out", str(tmp_path / "x.pt")],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+        assert not (tmp_path / "x.pt").exists()
