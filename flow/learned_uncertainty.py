@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from core.errors import ConfigError, WeightsError
 from core.paths import file_sha256
+from core.sampling import sample_fields
 
 HEAD_FORMAT = 1
 HEAD_STRIDE = 4                       # output cell = HEAD_STRIDE × HEAD_STRIDE working pixels
@@ -44,11 +45,13 @@ def warp_backward(image, flow):
     """``image`` float [B, C, h, w] sampled at p + flow(p) (pixel-centre convention, border clamp): frame b
     seen from frame a. ``flow`` float [B, 2, h, w]."""
     B, _, h, w = flow.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype), torch.arange(w, dtype=flow.dtype), indexing="ij")
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    return F.grid_sample(image, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
-                         align_corners=True)
+    return sample_fields(image, pixel_grid(h, w) + flow.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, -1, h, w)
+
+
+def pixel_grid(h, w):
+    """(x, y) of every pixel centre, row by row: float32 [h·w, 2]."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], -1)
 
 
 def dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba):
@@ -69,8 +72,8 @@ def dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba):
     hh, ww = fab.shape[-2:]
     warped_b, back = warp_backward(torch.cat([ib, fba], 1), fab * 0.5).split([3, 2], 1)
     residual = fab + back
-    ys, xs = torch.meshgrid(torch.arange(hh, dtype=torch.float32), torch.arange(ww, dtype=torch.float32), indexing="ij")
-    qx, qy = 2 * xs + 0.5 + fab[:, 0], 2 * ys + 0.5 + fab[:, 1]          # pooled cell centres in working px
+    q = 2 * pixel_grid(hh, ww).T.reshape(2, hh, ww) + 0.5 + fab          # pooled cell centres in working px, moved
+    qx, qy = q[:, 0], q[:, 1]
     outside = ((qx < -0.5) | (qx > w - 0.5) | (qy < -0.5) | (qy > h - 0.5)).float()[:, None]
     return torch.cat([ia, warped_b, (ia - warped_b).abs().mean(1, keepdim=True), fab / 16.0, residual / 4.0,
                       torch.log1p(residual.norm(dim=1, keepdim=True)), torch.log1p(fab.norm(dim=1, keepdim=True)),
@@ -98,16 +101,11 @@ class DISUncertaintyHead(nn.Module):
 
 
 def upsample_to(maps, hw):
-    """Head outputs [B, 2, h', w'] -> [B, 2, h, w] at working pixels: bilinear, cell centres placed at
-    working x = HEAD_STRIDE·j + (HEAD_STRIDE − 1)/2 (the pooled cells' centres)."""
+    """Head outputs [B, 2, h', w'] -> [B, 2, h, w] at every working pixel, sampled as the integrator samples
+    them at its points (:func:`head_points`)."""
     h, w = hw
-    ys = (torch.arange(h, dtype=torch.float32) - (HEAD_STRIDE - 1) / 2) / HEAD_STRIDE
-    xs = (torch.arange(w, dtype=torch.float32) - (HEAD_STRIDE - 1) / 2) / HEAD_STRIDE
-    hh, ww = maps.shape[-2:]
-    gy = ys * (2.0 / max(hh - 1, 1)) - 1.0
-    gx = xs * (2.0 / max(ww - 1, 1)) - 1.0
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None].expand(maps.shape[0], -1, -1, -1)
-    return F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    pts = head_points(pixel_grid(h, w))[None].expand(maps.shape[0], -1, -1)
+    return sample_fields(maps, pts).transpose(1, 2).reshape(maps.shape[0], -1, h, w)
 
 
 def map_shape(hw):
@@ -153,16 +151,6 @@ def load_head(path, backend):
     return head.eval(), dict(ckpt.get("meta", {}))
 
 
-def resolve_head_path(weights, backend):
-    if weights:
-        return weights
-    if backend not in PACKAGED:
-        raise ConfigError(f"flow.uncertainty: learned has no packaged head for flow backend '{backend}' "
-                          f"(packaged: {', '.join(PACKAGED)}); train one with python -m flow.train_uncertainty "
-                          f"and set flow.uncertainty_weights")
-    return os.path.join(WEIGHTS_DIR, PACKAGED[backend])
-
-
 class LearnedUncertainty:
     """Occlusion and variance from a trained head: :meth:`maps` when a pair's flows are computed,
     :meth:`at_points` when the integrator samples them."""
@@ -172,7 +160,7 @@ class LearnedUncertainty:
     def __init__(self, backend, weights="", var_max=1.0e4):
         if backend != "dis":
             raise ConfigError(f"flow.uncertainty: learned is implemented for the dis backend, not '{backend}'")
-        self.path = resolve_head_path(weights, backend)
+        self.path = weights or os.path.join(WEIGHTS_DIR, PACKAGED[backend])
         self.head, self.meta = load_head(self.path, backend)
         self.var_max = float(var_max)
         self.sha = file_sha256(self.path)[:16]
@@ -194,7 +182,6 @@ class LearnedUncertainty:
     def at_points(self, maps, points, outside):
         """``maps`` torch [G, 2, h', w'] of G directed flows, ``points`` torch [G, M, 2] working px (pixel-centre)
         in their first frames, ``outside`` bool [G, M]. Returns occlusion [G, M] and variance [G, M] (numpy)."""
-        from core.sampling import sample_fields
         s = sample_fields(maps.float(), head_points(points))
         occ = torch.sigmoid(s[..., 0]).numpy()
         var = np.minimum(np.exp(s[..., 1].numpy()), self.var_max)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import InputError, PitrackError
+from eval.calibration import occlusion_scores, spearman
 from flow.learned_uncertainty import (DISUncertaintyHead, PACKAGED, WEIGHTS_DIR, dis_head_inputs, save_head,
                                       upsample_to)
 
@@ -97,11 +98,6 @@ def losses(out, est, gt, occ):
     return l_occ, l_unc
 
 
-def spearman(a, b):
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def scores(occ_prob, var, est, gt, occ):
     """Validation figures of predicted occlusion probability [B, h, w] and per-axis variance [B, h, w]."""
     e = ((est - gt) ** 2).sum(1).sqrt().numpy()
@@ -109,15 +105,12 @@ def scores(occ_prob, var, est, gt, occ):
     sig = np.sqrt(var.numpy())[visible]
     ev = e[visible]
     hard = ((occ < 0.01) | (occ > 0.99)).numpy()
-    truth, pred = (occ.numpy() > 0.5)[hard], (occ_prob.numpy() > 0.5)[hard]
-    tp = float((truth & pred).sum())
-    precision, recall = tp / max(pred.sum(), 1), tp / max(truth.sum(), 1)
     sub = np.random.default_rng(0).choice(ev.size, min(ev.size, 200000), replace=False)
     nll = float(np.mean(np.log(2 * np.pi * sig ** 2) + np.minimum(ev, MAX_ERROR) ** 2 / (2 * sig ** 2)))
     return {"nll": nll, "median_sigma": float(np.median(sig)), "median_error": float(np.median(ev)),
             "within_1sigma": float(np.mean(ev < sig)), "within_2sigma": float(np.mean(ev < 2 * sig)),
-            "spearman": spearman(sig[sub], ev[sub]), "occ_precision": precision, "occ_recall": recall,
-            "occ_f1": 2 * precision * recall / max(precision + recall, 1e-9)}
+            "spearman": spearman(sig[sub], ev[sub]),
+            **occlusion_scores((occ.numpy() > 0.5)[hard], (occ_prob.numpy() > 0.5)[hard])}
 
 
 def fb_predictions(est):
