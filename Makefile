@@ -36,7 +36,7 @@ test: $(STAMP)
 # The learned flow occlusion/uncertainty head (flow/weights/dis_uncertainty.pt), trained on synthetic
 # layered videos cut from ../shared/data/videos: 40 minutes on 2 CPU cores.
 uncertainty-weights: $(STAMP)
-	$(PY) -m flow.train_uncertainty --backend dis --minutes 40 --seed 0
+	$(PY) -m flow.train_uncertainty --backend dis --minutes 40 --seed 0 --size 384x640
 
 clean-demo:
 	rm -rf $(DEMO)

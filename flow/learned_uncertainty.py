@@ -81,7 +81,12 @@ def dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba):
 
 
 class DISUncertaintyHead(nn.Module):
-    """[B, 14, ⌈h/2⌉, ⌈w/2⌉] head input -> [B, 2, ⌈h/4⌉, ⌈w/4⌉] (occlusion logit, α = log σ²)."""
+    """[B, 14, ⌈h/2⌉, ⌈w/2⌉] head input -> [B, 2, ⌈h/4⌉, ⌈w/4⌉] (occlusion logit, α = log σ²).
+
+    ``occlusion_offset`` (a buffer, 0 while training) is added to the occlusion logit: training sets it
+    so that p = 0.5, the integrator's threshold, is the decision of highest occlusion F1 on the
+    synthetic validation pairs (:func:`flow.train_uncertainty.decision_offset`).
+    """
 
     def __init__(self, channels=32):
         super().__init__()
@@ -94,10 +99,11 @@ class DISUncertaintyHead(nn.Module):
             nn.Conv2d(c, c, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, 2, 1))
+        self.register_buffer("occlusion_offset", torch.zeros(()))
 
     def forward(self, x):
         out = self.body(x)
-        return torch.cat([out[:, :1], out[:, 1:].clamp(*LOG_VAR_RANGE)], 1)
+        return torch.cat([out[:, :1] + self.occlusion_offset, out[:, 1:].clamp(*LOG_VAR_RANGE)], 1)
 
 
 def upsample_to(maps, hw):

@@ -1,15 +1,16 @@
 """Train the learned occlusion and uncertainty head of a flow backend on synthetic layered videos.
 
-    python -m flow.train_uncertainty --backend dis [--minutes 50] [--steps N] [--batch 8] [--size 256x384]
+    python -m flow.train_uncertainty --backend dis [--minutes 50] [--steps N] [--batch 8] [--size 384x640]
                                      [--seed 0] [--textures DIR ...] [--out flow/weights/dis_uncertainty.pt]
 
 Each step draws ``batch`` frame pairs from :func:`synthetic.layers.sample_pair` (a fresh scene per
-pair, gaps 1 … 32 and 48 for the long gaps of the Δ = ∞ chains), computes the backend's flows in
-both directions, and fits the head (flow/learned_uncertainty.py) to the exact flow error and
-occlusion with MFT's losses. Pairs are generated in a worker process while the head trains. A fixed
-validation set (seeds disjoint from training) scores the head and, beside it, the forward–backward
-formulas: negative log-likelihood, P(e < σ), P(e < 2σ) (2-D error e = ‖F − F*‖, σ per axis: 0.39 and
-0.86 when calibrated), Spearman's ρ of σ and e, and occlusion precision, recall and F1 at p = 0.5.
+pair, drawn from ``TRAINING_SCENE``; gaps 1 … 32 and 48 for the long gaps of the Δ = ∞ chains), computes
+the backend's flows in both directions, and fits the head (flow/learned_uncertainty.py) to the exact flow
+error and occlusion with MFT's losses. Pairs are generated in a worker process while the head trains. A
+fixed validation set (seeds disjoint from training) then sets the head's occlusion-logit offset (p = 0.5
+becomes the decision of highest F1, :func:`decision_offset`) and scores the head and, beside it, the
+forward–backward formulas: negative log-likelihood, P(e < σ), P(e < 2σ) (2-D error e = ‖F − F*‖, σ per
+axis: 0.39 and 0.86 when calibrated), Spearman's ρ of σ and e, and occlusion precision, recall and F1.
 The weights file records the command, seed, generator version and these figures.
 """
 import argparse
@@ -29,6 +30,10 @@ from flow.learned_uncertainty import (DISUncertaintyHead, PACKAGED, WEIGHTS_DIR,
                                       upsample_to)
 
 GAPS = (1, 2, 4, 8, 16, 32, 48)
+# Scenes for training: the generator's defaults made harder, so that DIS errs on them about as often as on
+# real video (faster and more non-rigid motion, more blur and noise than synthetic.layers.SceneConfig()).
+TRAINING_SCENE = dict(mean_speed=3.0, max_speed=10.0, nonrigid_fraction=0.8, nonrigid_max_px=6.0,
+                      camera_max_speed=4.0, blur_prob=0.7, blur_sigma=(0.0, 1.5), noise_sigma=(0.0, 6.0))
 VAL_SEED_OFFSET = 10 ** 9            # validation pairs: seeds from here on; training pairs below
 MAX_ERROR = 100.0                    # px: larger flow errors count as this much in the loss
 
@@ -50,13 +55,13 @@ def make_flow(backend, preset):
     return DISFlow(preset)
 
 
-def pair_batch(pool, flow, seeds, size_hw):
+def pair_batch(pool, flow, seeds, size_hw, scene):
     """Head inputs, estimated flows, GT flows and GT occlusion of both directions of the pairs ``seeds``:
     x [2B, 14, h/2, w/2], flow [2B, 2, h, w], gt [2B, 2, h, w], occ [2B, h, w] (float32 tensors)."""
     from synthetic.layers import sample_pair
     fa, fb, est, gt, occ = [], [], [], [], []
     for s in seeds:
-        d = sample_pair(pool, int(s), size_hw=size_hw, gaps=GAPS)
+        d = sample_pair(pool, int(s), size_hw=size_hw, gaps=GAPS, config=scene)
         fwd, bwd = flow(d["frame1"][None], d["frame2"][None])[0], flow(d["frame2"][None], d["frame1"][None])[0]
         fa += [d["frame1"], d["frame2"]]
         fb += [d["frame2"], d["frame1"]]
@@ -71,18 +76,18 @@ def pair_batch(pool, flow, seeds, size_hw):
 class PairStream(torch.utils.data.IterableDataset):
     """Batches of training pairs, step ``start`` on; batch k uses seeds seed·10⁶ + k·B … (deterministic)."""
 
-    def __init__(self, texture_folders, backend, preset, batch, size_hw, seed, start):
-        self.args = (texture_folders, backend, preset, batch, size_hw, seed, start)
+    def __init__(self, texture_folders, backend, preset, batch, size_hw, seed, start, scene):
+        self.args = (texture_folders, backend, preset, batch, size_hw, seed, start, scene)
 
     def __iter__(self):
         from synthetic.layers import TexturePool
-        folders, backend, preset, batch, size_hw, seed, start = self.args
+        folders, backend, preset, batch, size_hw, seed, start, scene = self.args
         torch.set_num_threads(1)
         pool, flow = TexturePool(folders, seed=seed), make_flow(backend, preset)
         k = start
         while True:
             base = seed * 10 ** 6 + k * batch
-            yield pair_batch(pool, flow, range(base, base + batch), size_hw)
+            yield pair_batch(pool, flow, range(base, base + batch), size_hw, scene)
             k += 1
 
 
@@ -113,6 +118,17 @@ def scores(occ_prob, var, est, gt, occ):
             **occlusion_scores((occ.numpy() > 0.5)[hard], (occ_prob.numpy() > 0.5)[hard])}
 
 
+def decision_offset(logit, label):
+    """The occlusion-logit offset b that makes sigmoid(logit + b) > 0.5 the decision of highest F1 for
+    ``label`` (bool), over logits ``logit`` (same shape): b = −(the best threshold on the logit)."""
+    order = np.argsort(-logit)
+    tp = np.cumsum(label[order])                          # calling the k + 1 largest logits occluded
+    f1 = 2 * tp / (np.arange(1, logit.size + 1) + label.sum())
+    k = int(np.argmax(f1))
+    cut = logit[order[k]] if k + 1 == logit.size else 0.5 * (logit[order[k]] + logit[order[k + 1]])
+    return float(-cut)
+
+
 def fb_predictions(est):
     """Occlusion probability and variance of the forward–backward formulas (default parameters) for the
     directed flows ``est`` [2B, 2, h, w] (row i ^ 1 is the other direction of row i)."""
@@ -122,16 +138,18 @@ def fb_predictions(est):
 
 
 def evaluate(head, val, device):
+    """Validation figures of ``head`` and the occlusion logits [N, h, w] they came from."""
     head.eval()
-    probs, vars_ = [], []
+    logits, vars_ = [], []
     with torch.no_grad():
         for x, est, gt, occ in val:
             out = upsample_to(head(x.to(device)).cpu(), est.shape[-2:])
-            probs.append(torch.sigmoid(out[:, 0]))
+            logits.append(out[:, 0])
             vars_.append(out[:, 1].exp())
     head.train()
     cat = [torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])]
-    return scores(torch.cat(probs), torch.cat(vars_), *cat)
+    logits = torch.cat(logits)
+    return scores(torch.sigmoid(logits), torch.cat(vars_), *cat), logits
 
 
 def main(argv=None):
@@ -141,7 +159,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=50.0, help="stop after this much wall time")
     p.add_argument("--steps", type=int, default=100000, help="stop after this many steps")
     p.add_argument("--batch", type=int, default=8, help="frame pairs per step (both directions are used)")
-    p.add_argument("--size", default="256x384", help="HxW of the synthetic frames")
+    p.add_argument("--size", default="384x640", help="HxW of the synthetic frames (about the working resolution "
+                                                      "of 480p video, where the head is used)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--w-occ", type=float, default=1.0, help="weight of the occlusion loss")
     p.add_argument("--channels", type=int, default=32)
@@ -154,7 +173,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         from core.devices import resolve_device
-        from synthetic.layers import GENERATOR_VERSION, TexturePool, default_texture_folders
+        from synthetic.layers import GENERATOR_VERSION, SceneConfig, TexturePool, default_texture_folders
         size_hw = parse_size(args.size)
         if args.batch < 1 or args.steps < 1 or not args.minutes > 0:
             raise InputError("--batch, --steps and --minutes must be positive")
@@ -171,14 +190,15 @@ def main(argv=None):
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     val_seeds = range(VAL_SEED_OFFSET + args.seed * 10 ** 6, VAL_SEED_OFFSET + args.seed * 10 ** 6 + args.val_pairs)
-    val = [pair_batch(pool, flow, val_seeds[i:i + 8], size_hw) for i in range(0, args.val_pairs, 8)]
+    scene = SceneConfig(**TRAINING_SCENE)
+    val = [pair_batch(pool, flow, val_seeds[i:i + 8], size_hw, scene) for i in range(0, args.val_pairs, 8)]
     fb = scores(*fb_predictions(torch.cat([b[1] for b in val])),
                 *[torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])])
     print(f"validation, forward-backward formulas: {fmt(fb)}", flush=True)
     head = DISUncertaintyHead(args.channels).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
     stream = torch.utils.data.DataLoader(
-        PairStream(folders, args.backend, args.dis_preset, args.batch, size_hw, args.seed, 0),
+        PairStream(folders, args.backend, args.dis_preset, args.batch, size_hw, args.seed, 0, scene),
         batch_size=None, num_workers=1, prefetch_factor=4)
     budget_s = args.minutes * 60.0
     step, history = 0, []
@@ -201,15 +221,21 @@ def main(argv=None):
         if step % 100 == 0:
             o, u = np.mean(history[-100:], 0)
             print(f"step {step} {elapsed / 60:.1f} min  occlusion BCE {o:.4f}  uncertainty NLL {u:.4f}", flush=True)
-    learned = evaluate(head, val, device)
+    raw, logits = evaluate(head, val, device)
+    occ = torch.cat([b[3] for b in val])
+    hard = (occ < 0.01) | (occ > 0.99)
+    head.occlusion_offset.fill_(decision_offset(logits[hard].numpy(), (occ[hard] > 0.5).numpy()))
+    learned, _ = evaluate(head, val, device)
     wall = time.perf_counter() - t_start
-    print(f"validation, learned head after {step} steps ({wall / 60:.1f} min): {fmt(learned)}", flush=True)
+    print(f"validation, learned head after {step} steps ({wall / 60:.1f} min), occlusion logit offset "
+          f"{head.occlusion_offset.item():+.3f}: {fmt(learned)}", flush=True)
     meta = {"command": "python -m flow.train_uncertainty " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "seed": args.seed, "generator_version": GENERATOR_VERSION, "steps": step, "batch": args.batch,
             "size": list(size_hw), "gaps": list(GAPS), "dis_preset": args.dis_preset, "wall_s": round(wall, 1),
             "device": device, "torch": torch.__version__, "loss_first_100": np.mean(history[:100], 0).tolist(),
             "loss_last_100": np.mean(history[-100:], 0).tolist(),
-            "validation": {"pairs": args.val_pairs, "learned": learned, "fb": fb}}
+            "scene": TRAINING_SCENE, "occlusion_offset": head.occlusion_offset.item(),
+            "validation": {"pairs": args.val_pairs, "learned": learned, "learned_without_offset": raw, "fb": fb}}
     save_head(out_path, head.cpu(), args.backend, meta)
     print(f"wrote {out_path}")
     return 0

@@ -27,7 +27,7 @@ def _pool():
 def _batch(pool, seeds, size_hw=(64, 96)):
     from flow.dis import DISFlow
     from flow.train_uncertainty import pair_batch
-    return pair_batch(pool, DISFlow("ultrafast"), seeds, size_hw)
+    return pair_batch(pool, DISFlow("ultrafast"), seeds, size_hw, SceneConfig())
 
 
 def test_head_shapes_and_half_resolution_inputs():
@@ -91,8 +91,23 @@ def test_uncertainty_loss_by_hand():
     assert float(l_occ) == pytest.approx(np.log(2.0), abs=1e-6)   # logit 0 on two visible pixels
 
 
+def test_decision_offset_by_hand():
+    """Logits 3, 2, 1, 0 with labels T, F, T, F: calling the top 1, 2, 3, 4 occluded gives F1 2/3, 1/2, 4/5,
+    2/3, so the cut lies between 1 and 0 and the offset is −0.5; the head adds it to its occlusion logit."""
+    from flow.train_uncertainty import decision_offset
+    b = decision_offset(np.array([3.0, 2.0, 1.0, 0.0]), np.array([True, False, True, False]))
+    assert b == pytest.approx(-0.5)
+    head = DISUncertaintyHead(8)
+    x = torch.randn(1, 14, 8, 8)
+    before = head(x)
+    head.occlusion_offset.fill_(b)
+    after = head(x)
+    assert torch.allclose(after[:, 0], before[:, 0] - 0.5) and torch.equal(after[:, 1], before[:, 1])
+
+
 def test_weights_round_trip_and_refusals(tmp_path):
     head = DISUncertaintyHead(8)
+    head.occlusion_offset.fill_(-0.7)
     path = str(tmp_path / "h.pt")
     save_head(path, head, "dis", {"seed": 3})
     loaded, meta = load_head(path, "dis")
@@ -129,7 +144,7 @@ def test_packaged_weights_record_how_they_were_made():
         pytest.fail(f"{PACKAGED} missing: make uncertainty-weights")
     _, meta = load_head(PACKAGED, "dis")
     assert meta["command"].startswith("python -m flow.train_uncertainty")
-    for k in ("seed", "generator_version", "steps", "wall_s", "validation"):
+    for k in ("seed", "generator_version", "steps", "wall_s", "scene", "occlusion_offset", "validation"):
         assert k in meta
     from synthetic.layers import GENERATOR_VERSION
     assert meta["generator_version"] == GENERATOR_VERSION
