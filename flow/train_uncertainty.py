@@ -91,11 +91,16 @@ class PairStream(torch.utils.data.IterableDataset):
             k += 1
 
 
+def hard_labels(occ):
+    """Pixels whose soft occlusion ``occ`` is a hard label (below 0.01 or above 0.99; MFT leaves the rest out)."""
+    return (occ < 0.01) | (occ > 0.99)
+
+
 def losses(out, est, gt, occ):
     """MFT's losses (flow/learned_uncertainty.py) from head outputs at working resolution ``out`` [B, 2, h, w]:
     (occlusion BCE on hard labels, uncertainty NLL on visible pixels)."""
     logit, alpha = out[:, 0], out[:, 1]
-    hard = (occ < 0.01) | (occ > 0.99)
+    hard = hard_labels(occ)
     l_occ = F.binary_cross_entropy_with_logits(logit[hard], (occ[hard] > 0.5).float())
     visible = occ < 0.01
     e2 = ((est - gt) ** 2).sum(1).clamp(max=MAX_ERROR ** 2)
@@ -109,7 +114,7 @@ def scores(occ_prob, var, est, gt, occ):
     visible = (occ < 0.01).numpy()
     sig = np.sqrt(var.numpy())[visible]
     ev = e[visible]
-    hard = ((occ < 0.01) | (occ > 0.99)).numpy()
+    hard = hard_labels(occ).numpy()
     sub = np.random.default_rng(0).choice(ev.size, min(ev.size, 200000), replace=False)
     nll = float(np.mean(np.log(2 * np.pi * sig ** 2) + np.minimum(ev, MAX_ERROR) ** 2 / (2 * sig ** 2)))
     return {"nll": nll, "median_sigma": float(np.median(sig)), "median_error": float(np.median(ev)),
@@ -137,19 +142,17 @@ def fb_predictions(est):
     return tuple(torch.from_numpy(np.stack(v)) for v in zip(*pairs))
 
 
-def evaluate(head, val, device):
-    """Validation figures of ``head`` and the occlusion logits [N, h, w] they came from."""
+def predict(head, val, device):
+    """The head's occlusion logits [N, h, w] and variances [N, h, w] over the validation batches ``val``."""
     head.eval()
     logits, vars_ = [], []
     with torch.no_grad():
-        for x, est, gt, occ in val:
+        for x, est, _, _ in val:
             out = upsample_to(head(x.to(device)).cpu(), est.shape[-2:])
             logits.append(out[:, 0])
             vars_.append(out[:, 1].exp())
     head.train()
-    cat = [torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])]
-    logits = torch.cat(logits)
-    return scores(torch.sigmoid(logits), torch.cat(vars_), *cat), logits
+    return torch.cat(logits), torch.cat(vars_)
 
 
 def main(argv=None):
@@ -192,8 +195,8 @@ def main(argv=None):
     val_seeds = range(VAL_SEED_OFFSET + args.seed * 10 ** 6, VAL_SEED_OFFSET + args.seed * 10 ** 6 + args.val_pairs)
     scene = SceneConfig(**TRAINING_SCENE)
     val = [pair_batch(pool, flow, val_seeds[i:i + 8], size_hw, scene) for i in range(0, args.val_pairs, 8)]
-    fb = scores(*fb_predictions(torch.cat([b[1] for b in val])),
-                *[torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])])
+    truth = [torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])]     # estimated flow, GT flow, GT occlusion
+    fb = scores(*fb_predictions(truth[0]), *truth)
     print(f"validation, forward-backward formulas: {fmt(fb)}", flush=True)
     head = DISUncertaintyHead(args.channels).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -221,11 +224,12 @@ def main(argv=None):
         if step % 100 == 0:
             o, u = np.mean(history[-100:], 0)
             print(f"step {step} {elapsed / 60:.1f} min  occlusion BCE {o:.4f}  uncertainty NLL {u:.4f}", flush=True)
-    raw, logits = evaluate(head, val, device)
-    occ = torch.cat([b[3] for b in val])
-    hard = (occ < 0.01) | (occ > 0.99)
-    head.occlusion_offset.fill_(decision_offset(logits[hard].numpy(), (occ[hard] > 0.5).numpy()))
-    learned, _ = evaluate(head, val, device)
+    logits, var = predict(head, val, device)
+    hard = hard_labels(truth[2])
+    offset = decision_offset(logits[hard].numpy(), (truth[2][hard] > 0.5).numpy())
+    head.occlusion_offset.fill_(offset)
+    raw = scores(torch.sigmoid(logits), var, *truth)
+    learned = scores(torch.sigmoid(logits + offset), var, *truth)
     wall = time.perf_counter() - t_start
     print(f"validation, learned head after {step} steps ({wall / 60:.1f} min), occlusion logit offset "
           f"{head.occlusion_offset.item():+.3f}: {fmt(learned)}", flush=True)
