@@ -1,16 +1,26 @@
-"""Synthetic clips with exactly known motion, for the demo and for tests.
+"""Synthetic clips with exactly known motion, in TAP-Vid format (``frames/``, ``tracks.npz``, ``meta.json``).
 
-A textured background translates; a textured square in front of it translates and rotates; a
-textured occluding bar (darker, moving with its own texture, as real occluders do) sweeps across. Every pixel is rendered by inverse mapping, so ground-truth tracks and
-occlusion are exact. Output in TAP-Vid format (``frames/``, ``tracks.npz``, ``meta.json``).
+``--scene bars`` (the demo and the tests, :func:`make_clip`): a textured background translates; a textured
+square in front of it translates and rotates; a textured occluding bar (darker, moving with its own
+texture, as real occluders do) sweeps across. Every pixel is rendered by inverse mapping, so
+ground-truth tracks and occlusion are exact.
+
+``--scene layers`` (:func:`make_layered_clip`): ``--clips`` random scenes of :mod:`synthetic.layers`, cut from
+the unlabelled clips and drawn like the scenes the learned flow head trains on
+(``flow.train_uncertainty.TRAINING_SCENE``) but from other seeds; tracks exact. A benchmark with exact
+ground truth, e.g. for ``eval.calibration``: what real video adds to the errors shows by comparison.
 
     python -m eval.synthetic --out DIR [--frames 40] [--size 320x240] [--seed 0]
+    python -m eval.synthetic --out DIR --scene layers --clips 8 --frames 32 --size 854x480 [--points 100]
 """
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
+
+from core.errors import InputError, PitrackError
 
 
 def smooth_texture(rng, h, w, channels=3):
@@ -106,6 +116,31 @@ def make_clip(num_frames=40, size_hw=(240, 320), seed=0, num_points=64):
     return video, points[keep], occluded[keep]
 
 
+LAYERED_SEED_BASE = 5_000_000      # scene k of --seed s is LayeredScene(seed = base + 1000·s + k)
+
+
+def make_layered_clip(pool, seed, num_frames=32, size_hw=(480, 854), num_points=100):
+    """A random layered scene (``TRAINING_SCENE``) rendered with exact tracks of ``num_points`` query points,
+    each drawn uniformly over frames and positions. Returns (video uint8 [T, H, W, 3], points float32
+    [N, T, 2] corner-convention px, occluded bool [N, T])."""
+    from flow.train_uncertainty import TRAINING_SCENE
+    from synthetic.layers import LayeredScene, SceneConfig
+    H, W = size_hw
+    scene = LayeredScene(pool, seed, (H, W), num_frames, SceneConfig(**TRAINING_SCENE))
+    rng = np.random.default_rng(seed)
+    tq = rng.integers(0, num_frames, num_points)
+    xy = rng.uniform([0, 0], [W, H], (num_points, 2))
+    points = np.zeros((num_points, num_frames, 2), np.float32)
+    occluded = np.zeros((num_points, num_frames), bool)
+    for t in np.unique(tq):
+        sel = tq == t
+        points[sel], visible = scene.track(xy[sel], int(t))
+        occluded[sel] = ~visible
+    video = np.stack([scene.render(t) for t in range(num_frames)])
+    keep = ~np.all(occluded, axis=1)
+    return video, points[keep], occluded[keep]
+
+
 def write_clip(folder, video, points, occluded, name="synthetic"):
     """Write a clip as a TAP-Vid format folder."""
     import cv2
@@ -126,11 +161,34 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--size", default="320x240", help="WxH")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scene", choices=["bars", "layers"], default="bars")
+    p.add_argument("--clips", type=int, default=1, help="layers: clips written as DIR/layersNN")
+    p.add_argument("--points", type=int, default=100, help="layers: query points per clip")
     args = p.parse_args(argv)
-    w, h = (int(s) for s in args.size.lower().split("x"))
-    video, points, occluded = make_clip(args.frames, (h, w), args.seed)
-    write_clip(args.out, video, points, occluded, name=os.path.basename(os.path.normpath(args.out)))
-    print(f"wrote {args.out}: {args.frames} frames {w}x{h}, {points.shape[0]} tracks", file=sys.stderr)
+    try:
+        m = re.fullmatch(r"(\d+)x(\d+)", args.size.strip().lower())
+        if not m or min(int(m.group(1)), int(m.group(2))) < 16:
+            raise InputError(f"--size must be WxH with both sides >= 16, got {args.size!r}")
+        if args.frames < 2 or args.clips < 1 or args.points < 1 or args.seed < 0:
+            raise InputError("--frames must be >= 2, --clips and --points >= 1, --seed >= 0")
+        w, h = int(m.group(1)), int(m.group(2))
+        if args.scene == "bars":
+            video, points, occluded = make_clip(args.frames, (h, w), args.seed)
+            write_clip(args.out, video, points, occluded, name=os.path.basename(os.path.normpath(args.out)))
+            print(f"wrote {args.out}: {args.frames} frames {w}x{h}, {points.shape[0]} tracks", file=sys.stderr)
+            return 0
+        from synthetic.layers import TexturePool, default_texture_folders
+        pool = TexturePool(default_texture_folders(), seed=args.seed)
+        for k in range(args.clips):
+            video, points, occluded = make_layered_clip(pool, LAYERED_SEED_BASE + 1000 * args.seed + k, args.frames,
+                                                        (h, w), args.points)
+            name = f"layers{k:02d}"
+            write_clip(os.path.join(args.out, name), video, points, occluded, name=name)
+            print(f"wrote {os.path.join(args.out, name)}: {args.frames} frames {w}x{h}, {points.shape[0]} tracks",
+                  file=sys.stderr)
+    except PitrackError as e:
+        print(f"eval.synthetic: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

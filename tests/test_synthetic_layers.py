@@ -289,3 +289,42 @@ def test_cli_writes_preview(tmp_path):
     r = run_cli("--out", str(out), "--frames", "4", "--size", "64x48", "--textures", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert out.stat().st_size > 0
+
+
+def test_layered_tapvid_clip_tracks_agree_with_its_flow(pool, tmp_path):
+    """eval.synthetic's layered clip: each query sits on its drawn position at its own frame, and a track's
+    step between two frames where it stays visible is the scene's exact flow at that point; the TAP-Vid
+    folder reads back unchanged."""
+    from eval.datasets import TapVidVideo
+    from eval.synthetic import make_layered_clip, write_clip
+    from flow.occlusion import bilinear_sample
+    from flow.train_uncertainty import TRAINING_SCENE
+    video, points, occluded = make_layered_clip(pool, 11, num_frames=6, size_hw=SIZE, num_points=40)
+    assert video.shape == (6,) + SIZE + (3,) and points.shape[1:] == (6, 2) and occluded.shape == points.shape[:2]
+    rng = np.random.default_rng(11)                            # the clip's draws: query frames, then positions
+    tq, xy = rng.integers(0, 6, 40), rng.uniform([0, 0], [SIZE[1], SIZE[0]], (40, 2))
+    assert len(points) == 40
+    np.testing.assert_allclose(points[np.arange(40), tq], xy, atol=1e-4)
+    assert not occluded[np.arange(40), tq].any()
+    scene = LayeredScene(pool, 11, SIZE, 6, SceneConfig(**TRAINING_SCENE))
+    flow, _ = scene.flow(1, 3)
+    both = ~occluded[:, 1] & ~occluded[:, 3]
+    assert both.sum() >= 10
+    p = points[both, 1] - 0.5                                  # pixel-centre convention
+    step = bilinear_sample(flow, p[:, 0], p[:, 1]).T
+    assert np.median(np.linalg.norm(points[both, 3] - points[both, 1] - step, axis=1)) < 0.05
+    write_clip(str(tmp_path / "clip"), video, points, occluded)
+    back = TapVidVideo(str(tmp_path / "clip"))
+    np.testing.assert_array_equal(back.points, points)
+    np.testing.assert_array_equal(back.occluded, occluded)
+    np.testing.assert_array_equal(back.load_frames(), video)
+
+
+@pytest.mark.parametrize("args", [["--size", "5x5"], ["--size", "wide"], ["--scene", "layers", "--clips", "0"],
+                                  ["--scene", "layers", "--frames", "1"]])
+def test_eval_synthetic_bad_input_one_line_exit_2(tmp_path, args):
+    r = subprocess.run([sys.executable, "-m", "eval.synthetic", "--out", str(tmp_path / "c"), *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "c").exists()
