@@ -10,7 +10,7 @@ export PITRACK_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 DEMO_CONFIG ?= configs/default.yaml
 DEMO   ?= demo_out
 
-.PHONY: install demo test clean-demo uncertainty-weights
+.PHONY: install demo test clean-demo uncertainty-weights uncertainty-weights-raft
 
 install: $(STAMP)
 
@@ -33,10 +33,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# The learned flow occlusion/uncertainty head (flow/weights/dis_uncertainty.pt), trained on synthetic
-# layered videos cut from ../shared/data/videos: 40 minutes on 2 CPU cores.
+# The learned flow occlusion/uncertainty heads (flow/weights/<backend>_uncertainty.pt), trained on synthetic layered
+# videos cut from ../shared/data/videos: DIS 40 minutes on 2 CPU cores; RAFT-small (frozen; needs raft-small.pth)
+# 30 minutes on 2 CPU cores (the RAFT flows run in the data worker on the CPU, the head on --device).
 uncertainty-weights: $(STAMP)
 	$(PY) -m flow.train_uncertainty --backend dis --minutes 40 --seed 0 --size 384x640
+
+uncertainty-weights-raft: $(STAMP)
+	$(PY) -m flow.train_uncertainty --backend raft_small --minutes 30 --seed 0 --size 256x448
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -20,6 +20,8 @@ float16, written atomically. DIS is not cached under ``auto``: it recomputes a p
 pair's file is written and read. ``key`` is a short hash of everything that determines the stored
 flows: cache format, backend, working resolution, RAFT iterations and the sha256 of the weights file
 (or 'torchvision-download') / the DIS preset, and a fingerprint of the working-resolution frames.
+With ``flow.uncertainty: learned`` a file also holds the head's maps of both flows (float16, 1/4 or 1/8
+of the working resolution) and the key covers the head's file, so a RAFT head is never run twice.
 Each file also records the key, the pair and the shape; a file that does not load or does not match
 (key, pair, shape, dtype, finiteness) is deleted and recomputed. A cache that cannot be written is
 skipped with one warning.
@@ -94,10 +96,7 @@ class FlowBank:
         self._backend = make_backend(cfg)
         self._uncertainty = make_uncertainty(cfg)
         self.uncertainty_id = self._uncertainty.cache_id()
-        self._map_shape = None
-        if self._uncertainty.needs_maps:
-            from flow.learned_uncertainty import map_shape
-            self._map_shape = map_shape(self.working_hw)
+        self._map_shape = self._uncertainty.set_working_size(self.working_hw) if self._uncertainty.needs_maps else None
         self.pair_bytes = 8 * self.working_hw[0] * self.working_hw[1] + (
             8 * self._map_shape[1] * self._map_shape[2] if self._map_shape else 0)
         self.budget_bytes = float(cfg.memory_mb) * 2 ** 20
@@ -133,8 +132,9 @@ class FlowBank:
         h = hashlib.sha256(repr((self.num_frames,) + self.working_hw + (3,)).encode())
         for t in range(self.num_frames):          # one frame at a time: no copy of the whole video
             h.update(np.ascontiguousarray(self.working_frames([t])[0, ::2, ::2]).tobytes())
+        maps = {"maps": self.uncertainty_id} if self._map_shape else {}     # the learned head's maps are stored too
         return dict(self._backend.cache_id(), format=CACHE_FORMAT, working_hw=list(self.working_hw),
-                    frames=h.hexdigest()[:16])
+                    frames=h.hexdigest()[:16], **maps)
 
     def _pair_path(self, a, b):
         return os.path.join(self.cache_folder, f"{a:06d}_{b:06d}.npz")
@@ -143,7 +143,8 @@ class FlowBank:
         return (2,) + self.working_hw
 
     def _load_pair(self, a, b):
-        """Both flows of pair a < b from disk, or None (a bad file is deleted)."""
+        """Both flows of pair a < b and their uncertainty maps (learned; else None) from disk, or None (a bad
+        file is deleted)."""
         if self.cache_folder is None:
             return None
         path = self._pair_path(a, b)
@@ -155,6 +156,7 @@ class FlowBank:
             with np.load(path, allow_pickle=False) as z:
                 key, shape, pair = str(z["key"]), tuple(int(v) for v in z["shape"]), tuple(int(v) for v in z["pair"])
                 fwd, bwd = z["fwd"], z["bwd"]
+                mfwd, mbwd = (z["fwd_maps"], z["bwd_maps"]) if self._map_shape else (None, None)
         except PermissionError as e:
             return cache_unreadable(path, "flow cache file", e)
         except Exception as e:  # noqa: BLE001 - truncated zip, missing member, bad header: all mean "corrupt"
@@ -170,14 +172,17 @@ class FlowBank:
                 why = f"array shapes {fwd.shape}/{bwd.shape} != {self._shape()}"
             elif not (np.isfinite(fwd).all() and np.isfinite(bwd).all()):
                 why = "non-finite values"
+            elif self._map_shape and not all(m.dtype == np.float16 and m.shape == tuple(self._map_shape)
+                                             and np.isfinite(m).all() for m in (mfwd, mbwd)):
+                why = f"uncertainty maps {mfwd.dtype} {mfwd.shape} / {mbwd.shape} != float16 {tuple(self._map_shape)}"
         self._stats["load_s"] += time.perf_counter() - t0
         if why is not None:
             discard_cache_file(path, "flow cache file", why)
             self._stats["cache_files_rejected"] += 1
             return None
-        return fwd, bwd
+        return fwd, bwd, mfwd, mbwd
 
-    def _save_pair(self, a, b, fwd, bwd):
+    def _save_pair(self, a, b, fwd, bwd, mfwd, mbwd):
         if self.cache_folder is None:
             return
         t0 = time.perf_counter()
@@ -189,6 +194,8 @@ class FlowBank:
                 return
         arrays = dict(fwd=fwd, bwd=bwd, key=np.array(self.key), shape=np.array(self._shape(), np.int64),
                       pair=np.array([a, b], np.int64))
+        if self._map_shape:
+            arrays.update(fwd_maps=mfwd, bwd_maps=mbwd)
 
         def write(tmp):
             # an .npz that np.load reads, deflated at level 1: ~4x faster to write than level 6
@@ -286,7 +293,11 @@ class FlowBank:
             src = [a for a, _ in chunk] + [b for _, b in chunk]
             dst = [b for _, b in chunk] + [a for a, _ in chunk]
             t0 = time.perf_counter()
-            flows = self._backend(np.stack([frames[s] for s in src]), np.stack([frames[d] for d in dst]))
+            if self._map_shape and self._uncertainty.from_features:
+                flows, features = self._backend.flow_and_features(np.stack([frames[s] for s in src]),
+                                                                  np.stack([frames[d] for d in dst]))
+            else:
+                flows = self._backend(np.stack([frames[s] for s in src]), np.stack([frames[d] for d in dst]))
             dt = time.perf_counter() - t0
             self._stats["flow_s"] += dt
             seg = f"flow_s_{self._segment}"
@@ -296,15 +307,20 @@ class FlowBank:
                 raise RuntimeError(f"flow backend {self.cfg.backend} returned non-finite flow for pairs {chunk}")
             flows = flows.astype(np.float16)
             n = len(chunk)
-            maps = self._maps([frames[s] for s in src], [frames[d] for d in dst], flows,
-                              np.concatenate([flows[n:], flows[:n]]))
+            if self._map_shape and self._uncertainty.from_features:
+                t0 = time.perf_counter()
+                maps = list(self._uncertainty.maps_from_features(features))
+                self._stats["uncertainty_s"] += time.perf_counter() - t0
+            else:
+                maps = self._maps([frames[s] for s in src], [frames[d] for d in dst], flows,
+                                  np.concatenate([flows[n:], flows[:n]]))
             for j, (a, b) in enumerate(chunk):
                 self._held[(a, b)] = (flows[j], flows[n + j], maps[j], maps[n + j])
                 self._stats["flow_pairs_computed"] += 1
                 if (a, b) in self._ever:
                     self._stats["flow_pairs_recomputed"] += 1
                 self._ever.add((a, b))
-                self._save_pair(a, b, flows[j], flows[n + j])
+                self._save_pair(a, b, flows[j], flows[n + j], maps[j], maps[n + j])
             self._note_memory()
             if bar is not None:
                 bar.update(len(chunk))
@@ -330,10 +346,7 @@ class FlowBank:
             if got is None:
                 todo.append(p)
                 continue
-            fwd, bwd = got
-            frames = self.working_frames(p)
-            m = self._maps([frames[0], frames[1]], [frames[1], frames[0]], np.stack([fwd, bwd]), np.stack([bwd, fwd]))
-            self._held[p] = (fwd, bwd, m[0], m[1])
+            self._held[p] = got
             self._ever.add(p)
             self._stats["flow_pairs_loaded"] += 1
             self._note_memory()

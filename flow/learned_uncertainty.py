@@ -18,8 +18,15 @@ the forward–backward residual vector (F_ab + F_ba(p + F_ab(p))) / 4, log(1 + �
 log(1 + ‖F_ab‖) and whether p + F_ab(p) left the frame. The photometric terms see what the
 forward–backward check cannot: a flow that slid onto an occluder agrees in both directions but lands
 on different colours. The input is average-pooled ×2, the head downsamples ×2 again and outputs at a
-quarter of the working resolution; the outputs are sampled bilinearly at the points the integrator
-asks for.
+quarter of the working resolution.
+
+Head input for a RAFT backend (as MFT's heads, on the frozen network; :func:`flow.raft.raft_flow` with
+``features=True``, at 1/8 of the padded frame): the last update's hidden state, the context, the
+correlation features looked up at the last-but-one estimate, that estimate (1/8 px, / 4) and the last
+update of it — 360 channels for RAFT-small. Nothing is computed twice: the features come out of the
+flow's own forward pass. The head keeps their resolution.
+
+Either head's outputs are sampled bilinearly at the points the integrator asks for (:class:`MapGeometry`).
 """
 import json
 import os
@@ -34,10 +41,36 @@ from core.paths import file_sha256
 from core.sampling import sample_fields
 
 HEAD_FORMAT = 1
-HEAD_STRIDE = 4                       # output cell = HEAD_STRIDE × HEAD_STRIDE working pixels
 DIS_INPUT_CHANNELS = 14
 LOG_VAR_RANGE = (-6.0, 10.0)          # α is clamped here: σ from 0.05 px to 148 px
-PACKAGED = {"dis": "dis_uncertainty.pt"}
+PACKAGED = {"dis": "dis_uncertainty.pt", "raft_small": "raft_small_uncertainty.pt"}
+HEAD_CHANNELS = {"dis": 32, "raft_small": 64, "raft_large": 64}
+
+
+class MapGeometry:
+    """Where the head's output cells lie in working pixels: cell (i, j) is centred on working pixel
+    (stride·j + (stride − 1)/2 − left, stride·i + (stride − 1)/2 − top), pixel-centre convention. DIS: stride 4,
+    no offset; RAFT: stride 8 over the frame padded by (left, top) to a multiple of 8."""
+
+    def __init__(self, stride, left=0, top=0, shape=None):
+        self.stride, self.left, self.top, self.shape = int(stride), float(left), float(top), shape
+
+    @classmethod
+    def for_backend(cls, backend, hw):
+        h, w = (int(v) for v in hw)
+        if backend == "dis":
+            return cls(4, 0, 0, (2, -(-h // 4), -(-w // 4)))
+        from flow.raft import raft_padding
+        l, r, t, b = raft_padding(h, w)
+        return cls(8, l, t, (2, (h + t + b) // 8, (w + l + r) // 8))
+
+    def cells(self, points):
+        """Working-pixel points (x, y) [..., 2], pixel-centre convention -> positions on the output grid."""
+        off = torch.tensor([self.left, self.top], dtype=points.dtype)
+        return (points + off - (self.stride - 1) / 2) / self.stride
+
+
+DIS_GEOMETRY = MapGeometry(4)
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
 
@@ -80,20 +113,22 @@ def dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba):
                       outside], 1)
 
 
-class DISUncertaintyHead(nn.Module):
-    """[B, 14, ⌈h/2⌉, ⌈w/2⌉] head input -> [B, 2, ⌈h/4⌉, ⌈w/4⌉] (occlusion logit, α = log σ²).
+class UncertaintyHead(nn.Module):
+    """Head input [B, C, h', w'] -> [B, 2, h'/first_stride, w'/first_stride] (occlusion logit, α = log σ²).
+    DIS: C = 14 at half the working resolution, first_stride 2; RAFT: the network's features at 1/8,
+    first_stride 1.
 
     ``occlusion_offset`` (a buffer, 0 while training) is added to the occlusion logit: training sets it
     so that p = 0.5, the integrator's threshold, is the decision of highest occlusion F1 on the
     synthetic validation pairs (:func:`flow.train_uncertainty.decision_offset`).
     """
 
-    def __init__(self, channels=32):
+    def __init__(self, channels=32, in_channels=DIS_INPUT_CHANNELS, first_stride=2):
         super().__init__()
         c = int(channels)
-        self.channels = c
+        self.channels, self.in_channels, self.first_stride = c, int(in_channels), int(first_stride)
         self.body = nn.Sequential(
-            nn.Conv2d(DIS_INPUT_CHANNELS, c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(self.in_channels, c, 3, stride=self.first_stride, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
@@ -106,28 +141,30 @@ class DISUncertaintyHead(nn.Module):
         return torch.cat([out[:, :1] + self.occlusion_offset, out[:, 1:].clamp(*LOG_VAR_RANGE)], 1)
 
 
-def upsample_to(maps, hw):
+def make_head(backend, channels=None, in_channels=None):
+    """A fresh head for flow backend ``backend`` (``in_channels``: RAFT's feature channels)."""
+    c = HEAD_CHANNELS[backend] if channels is None else channels
+    if backend == "dis":
+        return UncertaintyHead(c, DIS_INPUT_CHANNELS if in_channels is None else int(in_channels))
+    if in_channels is None:
+        from flow.raft import raft_feature_channels
+        in_channels = raft_feature_channels(backend)
+    return UncertaintyHead(c, in_channels, first_stride=1)
+
+
+def upsample_to(maps, hw, geometry=DIS_GEOMETRY):
     """Head outputs [B, 2, h', w'] -> [B, 2, h, w] at every working pixel, sampled as the integrator samples
-    them at its points (:func:`head_points`)."""
+    them at its points (``geometry``: :class:`MapGeometry`)."""
     h, w = hw
-    pts = head_points(pixel_grid(h, w))[None].expand(maps.shape[0], -1, -1)
+    pts = geometry.cells(pixel_grid(h, w))[None].expand(maps.shape[0], -1, -1)
     return sample_fields(maps, pts).transpose(1, 2).reshape(maps.shape[0], -1, h, w)
-
-
-def map_shape(hw):
-    """(2, h', w') of the head's output for working frames of size ``hw`` = (h, w)."""
-    return (2, -(-int(hw[0]) // HEAD_STRIDE), -(-int(hw[1]) // HEAD_STRIDE))
-
-
-def head_points(points):
-    """Working-pixel points (x, y), pixel-centre convention -> positions on the head's output grid."""
-    return (points - (HEAD_STRIDE - 1) / 2) / HEAD_STRIDE
 
 
 def save_head(path, head, backend, meta):
     """Write the head's weights with ``meta`` (command, seed, generator version, training figures)."""
     meta = json.loads(json.dumps(meta, default=float))      # plain types only: loadable with weights_only=True
     torch.save({"format": HEAD_FORMAT, "backend": backend, "channels": head.channels,
+                "in_channels": head.in_channels,
                 "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "meta": meta}, path)
 
 
@@ -148,7 +185,9 @@ def load_head(path, backend):
     if ckpt.get("backend") != backend:
         raise WeightsError(f"learned flow uncertainty: {path} was trained for flow backend "
                            f"'{ckpt.get('backend')}', not '{backend}'")
-    head = DISUncertaintyHead(int(ckpt.get("channels", 32)))
+    if backend not in HEAD_CHANNELS:
+        raise WeightsError(f"learned flow uncertainty: no head for flow backend '{backend}'")
+    head = make_head(backend, int(ckpt.get("channels", HEAD_CHANNELS[backend])), ckpt.get("in_channels"))
     state = ckpt["state_dict"]
     check_fits(state, head.state_dict(), f"learned flow uncertainty {path}")
     if not all(torch.isfinite(v).all() for v in state.values()):
@@ -164,12 +203,21 @@ class LearnedUncertainty:
     needs_maps = True
 
     def __init__(self, backend, weights="", var_max=1.0e4):
-        if backend != "dis":
-            raise ConfigError(f"flow.uncertainty: learned is implemented for the dis backend, not '{backend}'")
+        if not weights and backend not in PACKAGED:
+            raise ConfigError(f"flow.uncertainty: learned has no packaged head for flow backend '{backend}' "
+                              f"(packaged: {', '.join(PACKAGED)}; or give flow.uncertainty_weights)")
+        self.backend = backend
+        self.from_features = backend != "dis"      # RAFT: the head reads the network's own features
         self.path = weights or os.path.join(WEIGHTS_DIR, PACKAGED[backend])
         self.head, self.meta = load_head(self.path, backend)
         self.var_max = float(var_max)
         self.sha = file_sha256(self.path)[:16]
+        self.geometry = None
+
+    def set_working_size(self, hw):
+        """Fix the working resolution; returns the maps' shape (2, h', w')."""
+        self.geometry = MapGeometry.for_backend(self.backend, hw)
+        return self.geometry.shape
 
     def cache_id(self):
         return {"uncertainty": "learned", "head": self.sha}
@@ -181,14 +229,19 @@ class LearnedUncertainty:
         return m
 
     def maps(self, frames_a, frames_b, flow_ab, flow_ba):
-        """float16 [B, 2, ⌈h/4⌉, ⌈w/4⌉] (occlusion logit, α) of the directed flows a → b."""
+        """DIS: float16 [B, 2, ⌈h/4⌉, ⌈w/4⌉] (occlusion logit, α) of the directed flows a → b."""
         with torch.inference_mode():
             return self.head(dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba)).half().numpy()
+
+    def maps_from_features(self, features):
+        """RAFT: float16 [B, 2, h/8, w/8] (occlusion logit, α) from the flows' features [B, C, h/8, w/8]."""
+        with torch.inference_mode():
+            return self.head(torch.as_tensor(features).float()).half().numpy()
 
     def at_points(self, maps, points, outside):
         """``maps`` torch [G, 2, h', w'] of G directed flows, ``points`` torch [G, M, 2] working px (pixel-centre)
         in their first frames, ``outside`` bool [G, M]. Returns occlusion [G, M] and variance [G, M] (numpy)."""
-        s = sample_fields(maps.float(), head_points(points))
+        s = sample_fields(maps.float(), self.geometry.cells(points))
         occ = torch.sigmoid(s[..., 0]).numpy()
         var = np.minimum(np.exp(s[..., 1].numpy()), self.var_max)
         return (np.where(outside, np.float32(1.0), occ).astype(np.float32),

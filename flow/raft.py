@@ -9,7 +9,7 @@ from core.raft_model import DEFAULT_FILES, DOWNLOAD_ID, check_raft_name, load_ra
 MIN_SIDE = 128  # torchvision RAFT's 4-level correlation pyramid needs feature maps >= 16, i.e. inputs >= 128 px
 
 
-def _pad8(h, w):
+def raft_padding(h, w):
     """(left, right, top, bottom) replicate padding that makes (h, w) multiples of 8 (and at least
     MIN_SIDE, which only very small working resolutions need), split evenly between the two sides."""
     ph = max(MIN_SIDE, h + (-h) % 8) - h
@@ -17,12 +17,25 @@ def _pad8(h, w):
     return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
 
 
-def raft_flow(model, frames1, frames2, iterations=12):
+RAFT_FEATURES = {"raft_small": (96, 64, 4 * 7 * 7), "raft_large": (128, 128, 4 * 9 * 9)}   # hidden, context, corr
+
+
+def raft_feature_channels(name):
+    """Channels of :func:`raft_flow`'s features for RAFT model ``name``: hidden + context + corr + 4."""
+    return sum(RAFT_FEATURES[name]) + 4
+
+
+def raft_flow(model, frames1, frames2, iterations=12, features=False):
     """Flow frames1[i] -> frames2[i] with a loaded RAFT ``model``.
 
     ``frames1``, ``frames2``: uint8 RGB [B, h, w, 3] at working resolution (one array or a sequence
     of frames). Normalised to [-1, 1], replicate-padded to a multiple of 8 (at least 128), ``iterations`` refinement
     steps, the last prediction un-padded. Returns float32 [B, 2, h, w], (dx, dy) in working pixels.
+
+    ``features=True`` also returns, from the same pass, float32 [B, C, H/8, W/8] over the padded frame
+    (H, W): the inputs and outputs of the last update step, read by a hook on the update block — its new
+    hidden state, the context, the correlation features at the estimate it started from, that estimate
+    (1/8 px, divided by 4) and its update (C = :func:`raft_feature_channels`, 360 for RAFT-small).
     """
     import torch
     import torch.nn.functional as F
@@ -33,17 +46,29 @@ def raft_flow(model, frames1, frames2, iterations=12):
                          f"and {f2.shape} {f2.dtype}")
     B, h, w, _ = f1.shape
     device = next(model.parameters()).device
-    l, r, t, b = _pad8(h, w)
+    l, r, t, b = raft_padding(h, w)
 
     def prep(f):
         x = torch.from_numpy(np.ascontiguousarray(f)).to(device).permute(0, 3, 1, 2).float()
         x = x * (2.0 / 255.0) - 1.0
         return F.pad(x, (l, r, t, b), mode="replicate") if (l or r or t or b) else x
 
-    with torch.inference_mode():
-        preds = model(prep(f1), prep(f2), num_flow_updates=int(iterations))
-        flow = preds[-1][:, :, t:t + h, l:l + w]
-        return flow.float().cpu().numpy().astype(np.float32, copy=False)
+    last = {}
+
+    def keep_last(module, args, output):        # update_block(hidden, context, corr, flow) -> (hidden, Δflow)
+        last["x"] = (output[0], args[1], args[2], args[3] / 4.0, output[1])
+
+    hook = model.update_block.register_forward_hook(keep_last) if features else None
+    try:
+        with torch.inference_mode():
+            preds = model(prep(f1), prep(f2), num_flow_updates=int(iterations))
+            flow = preds[-1][:, :, t:t + h, l:l + w].float().cpu().numpy().astype(np.float32, copy=False)
+            if not features:
+                return flow
+            return flow, torch.cat(last["x"], 1).float().cpu().numpy()
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 class RaftFlow:
@@ -74,3 +99,7 @@ class RaftFlow:
 
     def __call__(self, frames1, frames2):
         return raft_flow(self.model, frames1, frames2, self.iterations)
+
+    def flow_and_features(self, frames1, frames2):
+        """Flows [B, 2, h, w] and the last update's features [B, C, H/8, W/8] (:func:`raft_flow`)."""
+        return raft_flow(self.model, frames1, frames2, self.iterations, features=True)

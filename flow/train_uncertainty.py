@@ -1,11 +1,13 @@
 """Train the learned occlusion and uncertainty head of a flow backend on synthetic layered videos.
 
-    python -m flow.train_uncertainty --backend dis [--minutes 50] [--steps N] [--batch 8] [--size 384x640]
-                                     [--seed 0] [--textures DIR ...] [--out flow/weights/dis_uncertainty.pt]
+    python -m flow.train_uncertainty --backend dis|raft_small [--minutes 50] [--steps N] [--batch 8]
+                                     [--size 384x640] [--seed 0] [--textures DIR ...] [--out FILE]
 
 Each step draws ``batch`` frame pairs from :func:`synthetic.layers.sample_pair` (a fresh scene per
 pair, drawn from ``TRAINING_SCENE``; gaps 1 … 32 and 48 for the long gaps of the Δ = ∞ chains), computes
-the backend's flows in both directions, and fits the head (flow/learned_uncertainty.py) to the exact flow
+the backend's flows in both directions (RAFT: with its features, the network frozen; its checkpoint is
+found as the tracker finds it, ``--weights`` or $PITRACK_WEIGHTS), and fits the head
+(flow/learned_uncertainty.py) to the exact flow
 error and occlusion with MFT's losses. Pairs are generated in a worker process while the head trains. A
 fixed validation set (seeds disjoint from training) then sets the head's occlusion-logit offset (p = 0.5
 becomes the decision of highest F1, :func:`decision_offset`) and scores the head and, beside it, the
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from core.errors import InputError, PitrackError
 from eval.calibration import occlusion_scores, spearman
-from flow.learned_uncertainty import (DISUncertaintyHead, PACKAGED, WEIGHTS_DIR, dis_head_inputs, save_head,
+from flow.learned_uncertainty import (PACKAGED, WEIGHTS_DIR, MapGeometry, dis_head_inputs, make_head, save_head,
                                       upsample_to)
 
 GAPS = (1, 2, 4, 8, 16, 32, 48)
@@ -48,42 +50,47 @@ def parse_size(text):
     return h, w
 
 
-def make_flow(backend, preset):
-    if backend != "dis":
-        raise InputError(f"--backend {backend}: only dis has a trainable head here")
-    from flow.dis import DISFlow
-    return DISFlow(preset)
+def make_flow(backend, preset, weights=""):
+    if backend == "dis":
+        from flow.dis import DISFlow
+        return DISFlow(preset)
+    from flow.raft import RaftFlow
+    return RaftFlow(backend, weights, allow_download=False, device="cpu")
 
 
 def pair_batch(pool, flow, seeds, size_hw, scene):
     """Head inputs, estimated flows, GT flows and GT occlusion of both directions of the pairs ``seeds``:
-    x [2B, 14, h/2, w/2], flow [2B, 2, h, w], gt [2B, 2, h, w], occ [2B, h, w] (float32 tensors)."""
+    x [2B, C, h', w'] (DIS: 14 channels at half resolution; RAFT: its features at 1/8), flow [2B, 2, h, w],
+    gt [2B, 2, h, w], occ [2B, h, w] (float32 tensors). Row i ^ 1 is the other direction of row i."""
     from synthetic.layers import sample_pair
-    fa, fb, est, gt, occ = [], [], [], [], []
+    fa, fb, gt, occ = [], [], [], []
     for s in seeds:
         d = sample_pair(pool, int(s), size_hw=size_hw, gaps=GAPS, config=scene)
-        fwd, bwd = flow(d["frame1"][None], d["frame2"][None])[0], flow(d["frame2"][None], d["frame1"][None])[0]
         fa += [d["frame1"], d["frame2"]]
         fb += [d["frame2"], d["frame1"]]
-        est += [fwd, bwd]
         gt += [d["flow_fwd"], d["flow_bwd"]]
         occ += [d["occ_fwd"], d["occ_bwd"]]
-    est = np.stack(est)
-    x = dis_head_inputs(np.stack(fa), np.stack(fb), est, est[np.arange(len(est)) ^ 1])   # row i ^ 1: the other direction
+    fa, fb = np.stack(fa), np.stack(fb)
+    if hasattr(flow, "flow_and_features"):
+        est, x = flow.flow_and_features(fa, fb)
+        x = torch.from_numpy(x)
+    else:
+        est = np.concatenate([flow(fa[i:i + 1], fb[i:i + 1]) for i in range(len(fa))])
+        x = dis_head_inputs(fa, fb, est, est[np.arange(len(est)) ^ 1])
     return x, torch.from_numpy(est), torch.from_numpy(np.stack(gt)), torch.from_numpy(np.stack(occ))
 
 
 class PairStream(torch.utils.data.IterableDataset):
     """Batches of training pairs, step ``start`` on; batch k uses seeds seed·10⁶ + k·B … (deterministic)."""
 
-    def __init__(self, texture_folders, backend, preset, batch, size_hw, seed, start, scene):
-        self.args = (texture_folders, backend, preset, batch, size_hw, seed, start, scene)
+    def __init__(self, texture_folders, backend, preset, weights, batch, size_hw, seed, start, scene):
+        self.args = (texture_folders, backend, preset, weights, batch, size_hw, seed, start, scene)
 
     def __iter__(self):
         from synthetic.layers import TexturePool
-        folders, backend, preset, batch, size_hw, seed, start, scene = self.args
+        folders, backend, preset, weights, batch, size_hw, seed, start, scene = self.args
         torch.set_num_threads(1)
-        pool, flow = TexturePool(folders, seed=seed), make_flow(backend, preset)
+        pool, flow = TexturePool(folders, seed=seed), make_flow(backend, preset, weights)
         k = start
         while True:
             base = seed * 10 ** 6 + k * batch
@@ -142,13 +149,13 @@ def fb_predictions(est):
     return tuple(torch.from_numpy(np.stack(v)) for v in zip(*pairs))
 
 
-def predict(head, val, device):
+def predict(head, val, device, geometry):
     """The head's occlusion logits [N, h, w] and variances [N, h, w] over the validation batches ``val``."""
     head.eval()
     logits, vars_ = [], []
     with torch.no_grad():
         for x, est, _, _ in val:
-            out = upsample_to(head(x.to(device)).cpu(), est.shape[-2:])
+            out = upsample_to(head(x.to(device)).cpu(), est.shape[-2:], geometry)
             logits.append(out[:, 0])
             vars_.append(out[:, 1].exp())
     head.train()
@@ -166,7 +173,8 @@ def main(argv=None):
                                                       "of 480p video, where the head is used)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--w-occ", type=float, default=1.0, help="weight of the occlusion loss")
-    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--channels", type=int, default=None, help="head width (default: 32 for dis, 64 for RAFT)")
+    p.add_argument("--weights", default="", help="RAFT checkpoint (default: as the tracker finds raft-small.pth)")
     p.add_argument("--val-pairs", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--textures", nargs="*", help="folders of frames to cut layers from (default: the unlabelled "
@@ -182,10 +190,13 @@ def main(argv=None):
             raise InputError("--batch, --steps and --minutes must be positive")
         folders = args.textures or default_texture_folders()
         pool = TexturePool(folders, seed=args.seed)           # fails here, before any training, on bad folders
-        flow = make_flow(args.backend, args.dis_preset)
+        flow = make_flow(args.backend, args.dis_preset, args.weights)
+        geometry = MapGeometry.for_backend(args.backend, size_hw)
         device = resolve_device(args.device, "--device")
         out_path = args.out or os.path.join(WEIGHTS_DIR, PACKAGED[args.backend])
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        if args.backend != "dis":
+            flow.model                                         # loads (and checks) the checkpoint before any work
     except PitrackError as e:
         print(f"flow.train_uncertainty: error: {e}", file=sys.stderr)
         return 2
@@ -198,10 +209,10 @@ def main(argv=None):
     truth = [torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])]     # estimated flow, GT flow, GT occlusion
     fb = scores(*fb_predictions(truth[0]), *truth)
     print(f"validation, forward-backward formulas: {fmt(fb)}", flush=True)
-    head = DISUncertaintyHead(args.channels).to(device)
+    head = make_head(args.backend, args.channels).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
     stream = torch.utils.data.DataLoader(
-        PairStream(folders, args.backend, args.dis_preset, args.batch, size_hw, args.seed, 0, scene),
+        PairStream(folders, args.backend, args.dis_preset, args.weights, args.batch, size_hw, args.seed, 0, scene),
         batch_size=None, num_workers=1, prefetch_factor=4)
     budget_s = args.minutes * 60.0
     step, history = 0, []
@@ -212,7 +223,7 @@ def main(argv=None):
             break
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (step + 1) / 50)
-        out = upsample_to(head(x.to(device)), est.shape[-2:]).cpu()
+        out = upsample_to(head(x.to(device)), est.shape[-2:], geometry).cpu()
         l_occ, l_unc = losses(out, est, gt, occ)
         loss = l_unc + args.w_occ * l_occ
         opt.zero_grad()
@@ -224,7 +235,7 @@ def main(argv=None):
         if step % 100 == 0:
             o, u = np.mean(history[-100:], 0)
             print(f"step {step} {elapsed / 60:.1f} min  occlusion BCE {o:.4f}  uncertainty NLL {u:.4f}", flush=True)
-    logits, var = predict(head, val, device)
+    logits, var = predict(head, val, device, geometry)
     hard = hard_labels(truth[2])
     offset = decision_offset(logits[hard].numpy(), (truth[2][hard] > 0.5).numpy())
     head.occlusion_offset.fill_(offset)
@@ -235,7 +246,7 @@ def main(argv=None):
           f"{head.occlusion_offset.item():+.3f}: {fmt(learned)}", flush=True)
     meta = {"command": "python -m flow.train_uncertainty " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "seed": args.seed, "generator_version": GENERATOR_VERSION, "steps": step, "batch": args.batch,
-            "size": list(size_hw), "gaps": list(GAPS), "dis_preset": args.dis_preset, "wall_s": round(wall, 1),
+            "size": list(size_hw), "gaps": list(GAPS), "flow": flow.cache_id(), "wall_s": round(wall, 1),
             "device": device, "torch": torch.__version__, "loss_first_100": np.mean(history[:100], 0).tolist(),
             "loss_last_100": np.mean(history[-100:], 0).tolist(),
             "scene": TRAINING_SCENE, "occlusion_offset": head.occlusion_offset.item(),

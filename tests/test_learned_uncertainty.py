@@ -10,8 +10,8 @@ import torch
 
 from core.errors import ConfigError, WeightsError
 from eval.synthetic import smooth_texture
-from flow.learned_uncertainty import (DISUncertaintyHead, LearnedUncertainty, dis_head_inputs, load_head, map_shape,
-                                      save_head, upsample_to)
+from flow.learned_uncertainty import (LearnedUncertainty, MapGeometry, UncertaintyHead, dis_head_inputs, load_head,
+                                      make_head, save_head, upsample_to)
 from pitrack.config import default_section
 from synthetic.layers import SceneConfig, TexturePool, sample_pair
 
@@ -35,8 +35,8 @@ def test_head_shapes_and_half_resolution_inputs():
     flow = np.zeros((3, 2, 37, 50), np.float32)
     x = dis_head_inputs(frames, frames, flow, flow)
     assert x.shape == (3, 14, 19, 25)
-    out = DISUncertaintyHead(8)(x)
-    assert out.shape == (3,) + map_shape((37, 50)) == (3, 2, 10, 13)
+    out = UncertaintyHead(8)(x)
+    assert out.shape == (3,) + MapGeometry.for_backend("dis", (37, 50)).shape == (3, 2, 10, 13)
     assert upsample_to(out, (37, 50)).shape == (3, 2, 37, 50)
     # identical frames and zero flow: no photometric difference, no residual, nothing leaves the frame
     assert float(x[:, 6].abs().max()) < 1e-5 and float(x[:, 13].max()) == 0.0
@@ -63,7 +63,7 @@ def test_a_short_training_run_lowers_the_loss():
     torch.manual_seed(0)
     pool = _pool()
     batch = _batch(pool, range(4))
-    head = DISUncertaintyHead(8)
+    head = UncertaintyHead(8)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     x, est, gt, occ = batch
     first = None
@@ -97,7 +97,7 @@ def test_decision_offset_by_hand():
     from flow.train_uncertainty import decision_offset
     b = decision_offset(np.array([3.0, 2.0, 1.0, 0.0]), np.array([True, False, True, False]))
     assert b == pytest.approx(-0.5)
-    head = DISUncertaintyHead(8)
+    head = UncertaintyHead(8)
     x = torch.randn(1, 14, 8, 8)
     before = head(x)
     head.occlusion_offset.fill_(b)
@@ -106,7 +106,7 @@ def test_decision_offset_by_hand():
 
 
 def test_weights_round_trip_and_refusals(tmp_path):
-    head = DISUncertaintyHead(8)
+    head = UncertaintyHead(8)
     head.occlusion_offset.fill_(-0.7)
     path = str(tmp_path / "h.pt")
     save_head(path, head, "dis", {"seed": 3})
@@ -135,15 +135,19 @@ def test_weights_round_trip_and_refusals(tmp_path):
         load_head(str(tmp_path / "nan.pt"), "dis")
     with pytest.raises(WeightsError, match="no weights file"):
         load_head(str(tmp_path / "missing.pt"), "dis")
-    with pytest.raises(ConfigError, match="learned is implemented for the dis backend"):
+    with pytest.raises(WeightsError, match="trained for flow backend 'dis', not 'raft_small'"):
         LearnedUncertainty("raft_small", path)
+    with pytest.raises(ConfigError, match="no packaged head for flow backend 'raft_large'"):
+        LearnedUncertainty("raft_large")
 
 
-def test_packaged_weights_record_how_they_were_made():
-    if not os.path.isfile(PACKAGED):
-        pytest.fail(f"{PACKAGED} missing: make uncertainty-weights")
-    _, meta = load_head(PACKAGED, "dis")
-    assert meta["command"].startswith("python -m flow.train_uncertainty")
+@pytest.mark.parametrize("backend", ["dis", "raft_small"])
+def test_packaged_weights_record_how_they_were_made(backend):
+    path = os.path.join(REPO, "flow", "weights", f"{backend}_uncertainty.pt")
+    if not os.path.isfile(path):
+        pytest.fail(f"{path} missing: make uncertainty-weights")
+    _, meta = load_head(path, backend)
+    assert meta["command"].startswith(f"python -m flow.train_uncertainty --backend {backend}")
     for k in ("seed", "generator_version", "steps", "wall_s", "scene", "occlusion_offset", "validation"):
         assert k in meta
     from synthetic.layers import GENERATOR_VERSION
@@ -154,7 +158,7 @@ def test_bank_samples_the_learned_maps(tmp_path):
     """FlowBank with flow.uncertainty learned: occlusion and variance at points are the head's maps, sampled
     bilinearly; the same with the flows from the disk cache; another head is another TTO data key."""
     from flow.bank import FlowBank
-    head = DISUncertaintyHead(8)
+    head = UncertaintyHead(8)
     torch.manual_seed(0)
     for p in head.parameters():
         p.data.normal_(0, 0.4)
@@ -197,3 +201,58 @@ def test_training_cli_refuses_bad_input_before_work(tmp_path):
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
         assert not (tmp_path / "x.pt").exists()
+
+
+def test_raft_features_come_from_the_flow_pass(raft_weights):
+    """RAFT-small with features: the same flow as without, 360 channels at 1/8 of the padded frame, in the
+    documented order (…, the estimate / 4, its last update): 8 × (estimate + update) is the flow."""
+    from flow.raft import RaftFlow, raft_feature_channels
+    rng = np.random.default_rng(2)
+    tex = smooth_texture(rng, 120, 176).astype(np.uint8)
+    a, b = tex[None, 8:104, 8:136], tex[None, 8:104, 0:128]          # b = a moved right by 8 px
+    raft = RaftFlow("raft_small", raft_weights)
+    flow, feats = raft.flow_and_features(a, b)
+    np.testing.assert_array_equal(flow, raft(a, b))
+    assert feats.shape == (1, raft_feature_channels("raft_small"), 128 // 8, 128 // 8) == (1, 360, 16, 16)
+    assert not raft.model.update_block._forward_hooks
+    low = 8 * (4 * feats[0, 356:358] + feats[0, 358:360])
+    assert abs(float(np.median(flow[0, 0])) - 8.0) < 0.5
+    assert abs(float(np.median(low[0])) - float(np.median(flow[0, 0]))) < 0.3
+    assert abs(float(np.median(low[1]))) < 0.3
+
+
+def test_bank_with_a_raft_head_samples_its_maps_and_caches_them(tmp_path, raft_weights):
+    """FlowBank, RAFT-small, flow.uncertainty learned: the integrator's samples are the head's maps over the
+    padded frame at the right offset; the maps are stored with the flows, so a second bank runs no network."""
+    from flow.bank import FlowBank
+    from flow.raft import RaftFlow
+    torch.manual_seed(0)
+    head = make_head("raft_small", 8)
+    for p in head.parameters():
+        p.data.normal_(0, 0.3)
+    path = str(tmp_path / "raft_head.pt")
+    save_head(path, head, "raft_small", {})
+    d = sample_pair(_pool(), 5, size_hw=(72, 100), gap=2, config=SceneConfig(photometric=False))
+    video = np.stack([d["frame1"], d["frame2"]])
+    cfg = default_section("flow", backend="raft_small", weights=raft_weights, uncertainty="learned",
+                          uncertainty_weights=path, cache="on", device="cpu")
+    bank = FlowBank(video, cfg, str(tmp_path / "cache"), progress=False)
+    ys, xs = torch.meshgrid(torch.arange(0, 72, 5.0), torch.arange(0, 100, 5.0), indexing="ij")
+    pts = torch.stack([xs.flatten(), ys.flatten()], -1)[None]
+    got = bank.sample([(0, 1)], pts)[0]
+    _, feats = RaftFlow("raft_small", raft_weights).flow_and_features(video[:1], video[1:])
+    geometry = MapGeometry.for_backend("raft_small", (72, 100))
+    assert (geometry.left, geometry.top) == (14, 28)                  # 100 x 72 padded to 128 x 128
+    with torch.no_grad():
+        full = upsample_to(head(torch.from_numpy(feats)), (72, 100), geometry)[0]
+    at = full[:, ys.flatten().long(), xs.flatten().long()]
+    q = pts[0] + got[:, :2]
+    inside = (q[:, 0] >= -0.5) & (q[:, 0] <= 99.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= 71.5)
+    assert inside.sum() > 150 and float(at[1].std()) > 0.05
+    assert torch.allclose(got[inside, 2], torch.sigmoid(at[0, inside]), atol=2e-3)
+    assert torch.allclose(got[inside, 3], at[1, inside].exp().clamp(max=1e4), rtol=1e-2)   # var_max
+    again = FlowBank(video, cfg, str(tmp_path / "cache"), progress=False)
+    assert torch.equal(again.sample([(0, 1)], pts)[0], got)
+    assert again.stats["flow_pairs_loaded"] == 1 and again.stats["network_evals"] == 0
+    fb = FlowBank(video, dataclasses.replace(cfg, uncertainty="fb"), str(tmp_path / "cache"), progress=False)
+    assert fb.key != bank.key                                          # flows with maps are another cache entry
