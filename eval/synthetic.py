@@ -15,11 +15,11 @@ ground truth, e.g. for ``eval.calibration``: what real video adds to the errors 
 """
 import argparse
 import os
-import re
 import sys
 
 import numpy as np
 
+from core.coords import parse_frame_size
 from core.errors import InputError, PitrackError
 
 
@@ -166,12 +166,9 @@ def main(argv=None):
     p.add_argument("--points", type=int, default=100, help="layers: query points per clip")
     args = p.parse_args(argv)
     try:
-        m = re.fullmatch(r"(\d+)x(\d+)", args.size.strip().lower())
-        if not m or min(int(m.group(1)), int(m.group(2))) < 16:
-            raise InputError(f"--size must be WxH with both sides >= 16, got {args.size!r}")
+        h, w = parse_frame_size(args.size)
         if args.frames < 2 or args.clips < 1 or args.points < 1 or args.seed < 0:
             raise InputError("--frames must be >= 2, --clips and --points >= 1, --seed >= 0")
-        w, h = int(m.group(1)), int(m.group(2))
         if args.scene == "bars":
             video, points, occluded = make_clip(args.frames, (h, w), args.seed)
             write_clip(args.out, video, points, occluded, name=os.path.basename(os.path.normpath(args.out)))

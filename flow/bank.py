@@ -290,14 +290,14 @@ class FlowBank:
             chunk = pairs[i:i + bs]
             need = sorted({t for p in chunk for t in p})
             frames = dict(zip(need, self.working_frames(need)))
-            src = [a for a, _ in chunk] + [b for _, b in chunk]
-            dst = [b for _, b in chunk] + [a for a, _ in chunk]
+            src = np.stack([frames[a] for a, _ in chunk] + [frames[b] for _, b in chunk])
+            dst = np.stack([frames[b] for _, b in chunk] + [frames[a] for a, _ in chunk])
             t0 = time.perf_counter()
+            features = None
             if self._map_shape and self._uncertainty.from_features:
-                flows, features = self._backend.flow_and_features(np.stack([frames[s] for s in src]),
-                                                                  np.stack([frames[d] for d in dst]))
+                flows, features = self._backend.flow_and_features(src, dst)
             else:
-                flows = self._backend(np.stack([frames[s] for s in src]), np.stack([frames[d] for d in dst]))
+                flows = self._backend(src, dst)
             dt = time.perf_counter() - t0
             self._stats["flow_s"] += dt
             seg = f"flow_s_{self._segment}"
@@ -307,13 +307,7 @@ class FlowBank:
                 raise RuntimeError(f"flow backend {self.cfg.backend} returned non-finite flow for pairs {chunk}")
             flows = flows.astype(np.float16)
             n = len(chunk)
-            if self._map_shape and self._uncertainty.from_features:
-                t0 = time.perf_counter()
-                maps = list(self._uncertainty.maps_from_features(features))
-                self._stats["uncertainty_s"] += time.perf_counter() - t0
-            else:
-                maps = self._maps([frames[s] for s in src], [frames[d] for d in dst], flows,
-                                  np.concatenate([flows[n:], flows[:n]]))
+            maps = self._maps(src, dst, flows, np.concatenate([flows[n:], flows[:n]]), features)
             for j, (a, b) in enumerate(chunk):
                 self._held[(a, b)] = (flows[j], flows[n + j], maps[j], maps[n + j])
                 self._stats["flow_pairs_computed"] += 1
@@ -325,13 +319,16 @@ class FlowBank:
             if bar is not None:
                 bar.update(len(chunk))
 
-    def _maps(self, frames_a, frames_b, flow_ab, flow_ba):
-        """Uncertainty maps of the directed flows a → b (learned head), else a list of None."""
+    def _maps(self, frames_a, frames_b, flow_ab, flow_ba, features=None):
+        """Uncertainty maps of the directed flows a → b (learned head: from the frames and flows, or from the
+        RAFT ``features`` of their pass), else a list of None. ``frames_*`` uint8 [B, h, w, 3]."""
         if not self._uncertainty.needs_maps:
             return [None] * len(frames_a)
         t0 = time.perf_counter()
-        out = self._uncertainty.maps(np.stack(frames_a), np.stack(frames_b), flow_ab.astype(np.float32),
-                                     flow_ba.astype(np.float32))
+        if features is not None:
+            out = self._uncertainty.maps_from_features(features)
+        else:
+            out = self._uncertainty.maps(frames_a, frames_b, flow_ab.astype(np.float32), flow_ba.astype(np.float32))
         self._stats["uncertainty_s"] += time.perf_counter() - t0
         return list(out)
 

@@ -45,12 +45,12 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import sys
 
 import cv2
 import numpy as np
 
+from core.coords import parse_frame_size
 from core.errors import InputError, PitrackError
 
 GENERATOR_VERSION = 1
@@ -646,14 +646,11 @@ def main(argv=None):
     p.add_argument("--textures", nargs="+", help="frame folders (default: default_texture_folders())")
     args = p.parse_args(argv)
     try:
-        m = re.fullmatch(r"(\d+)x(\d+)", args.size.strip().lower())
-        if not m or min(int(m.group(1)), int(m.group(2))) < 16:
-            raise InputError(f"--size must be WxH with both sides >= 16, got {args.size!r}")
+        h, w = parse_frame_size(args.size)
         if args.frames < 1 or args.seed < 0:
             raise InputError(f"--frames must be >= 1 and --seed >= 0, got {args.frames} and {args.seed}")
         if not args.out.endswith(".mp4"):
             raise InputError(f"--out must end in .mp4, got {args.out}")
-        w, h = int(m.group(1)), int(m.group(2))
         scene = LayeredScene(TexturePool(args.textures or default_texture_folders()), args.seed, (h, w), args.frames)
         writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*"mp4v"), 12, (w, h))
         if not writer.isOpened():
