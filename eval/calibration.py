@@ -1,12 +1,16 @@
 """How trustworthy is a tracker's σ? Compare predicted σ with actual errors on ground truth.
 
-    python -m eval.calibration --config configs/X.yaml --data DIR --mode first|strided [--videos a,b]
+    python -m eval.calibration --config configs/X.yaml --data DIR --mode first|strided [--videos a,b] [--by-distance]
 
 Over the scored frames where the ground truth and the prediction are both visible, in the 256×256
 raster: median σ, median error, the fraction of errors below σ and below 2σ, and Spearman's rank
 correlation between σ and error. For a calibrated isotropic 2-D Gaussian (σ per axis) the error
 e = ‖x̂ − x‖ follows a Rayleigh law: P(e < σ) = 1 − e^(−1/2) ≈ 0.39 and P(e < 2σ) = 1 − e^(−2) ≈ 0.86.
 Fractions far above those mean σ is too large (under-confident); far below, too small (over-confident).
+
+``--by-distance`` adds the same figures (without occlusion) per distance in frames from the query frame
+(1, 2-3, 4-7, 8-15, 16-31, 32-63, ...): a σ that is calibrated overall can still be too large near the
+query and too small far from it.
 
 Occlusion, over all scored frames: precision, recall and F1 of the frames called occluded (not visible)
 against the ground truth's occluded frames.
@@ -24,15 +28,17 @@ from core.errors import InputError, PitrackError
 
 
 def sigma_errors(video, result, mode):
-    """(σ, error) pairs [M] in the 256×256 raster over scored frames visible in ground truth and prediction,
-    and (truth occluded, predicted occluded) bool [K] over all scored frames."""
+    """(σ, error, distance in frames from the query frame) [M] in the 256×256 raster over scored frames
+    visible in ground truth and prediction, and (truth occluded, predicted occluded) bool [K] over all
+    scored frames."""
     queries, index = video.queries(mode)
     hw = video.size_hw
     err = np.linalg.norm(scale_xy(result.tracks, hw, SCORING_SIZE) - scale_xy(video.points[index], hw, SCORING_SIZE), axis=-1)
     sig = scale_sigma(result.sigma, hw, SCORING_SIZE)
     scored = evaluation_frames(queries[:, 0], video.num_frames, mode)
     use = scored & ~video.occluded[index] & result.visible
-    return sig[use], err[use], video.occluded[index][scored], ~result.visible[scored]
+    distance = np.abs(np.arange(video.num_frames)[None, :] - queries[:, :1].astype(np.int64))
+    return sig[use], err[use], distance[use], video.occluded[index][scored], ~result.visible[scored]
 
 
 def spearman(a, b):
@@ -48,12 +54,28 @@ def occlusion_scores(truth, pred):
             "occ_f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0}
 
 
-def summarize(sig, err, truth_occ, pred_occ):
+def summarize(sig, err, truth_occ=None, pred_occ=None):
     out = {"points": int(sig.size), "median_sigma": float(np.median(sig)), "median_error": float(np.median(err)),
            "within_1sigma": float(np.mean(err < sig)), "within_2sigma": float(np.mean(err < 2 * sig)),
            "spearman": spearman(sig, err)}
-    out.update(occlusion_scores(truth_occ, pred_occ))
+    if truth_occ is not None:
+        out.update(occlusion_scores(truth_occ, pred_occ))
     return out
+
+
+def by_distance(sig, err, distance):
+    """``summarize`` per octave of the distance [M] from the query frame: {"1": …, "2-3": …, "4-7": …}."""
+    out = {}
+    for k in range(int(np.log2(max(int(distance.max(initial=1)), 1))) + 1):
+        lo, hi = 2 ** k, 2 ** (k + 1) - 1
+        sel = (distance >= lo) & (distance <= hi)
+        if sel.any():
+            out[str(lo) if lo == hi else f"{lo}-{hi}"] = summarize(sig[sel], err[sel])
+    return out
+
+
+def rounded(d):
+    return {k: rounded(v) if isinstance(v, dict) else round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def main(argv=None):
@@ -62,6 +84,7 @@ def main(argv=None):
     p.add_argument("--data", required=True)
     p.add_argument("--mode", choices=["first", "strided"], default="first")
     p.add_argument("--videos")
+    p.add_argument("--by-distance", action="store_true", help="also report σ's figures per distance from the query frame")
     args = p.parse_args(argv)
     try:
         from pitrack import Tracker
@@ -74,10 +97,12 @@ def main(argv=None):
                 raise InputError(f"{folder}: calibration needs TAP-Vid format ground truth")
             q, _ = video.queries(args.mode)
             parts.append(sigma_errors(video, tracker(video.load_frames(), q), args.mode))
+        sig, err, distance, truth_occ, pred_occ = (np.concatenate(v) for v in zip(*parts))
         out = {"config": tracker.config.name, "mode": args.mode, "videos": len(folders)}
-        out.update({k: round(v, 4) if isinstance(v, float) else v
-                    for k, v in summarize(*(np.concatenate(v) for v in zip(*parts))).items()})
-        print(json.dumps(out))
+        out.update(summarize(sig, err, truth_occ, pred_occ))
+        if args.by_distance:
+            out["by_distance"] = by_distance(sig, err, distance)
+        print(json.dumps(rounded(out)))
     except PitrackError as e:
         print(f"eval.calibration: error: {e}", file=sys.stderr)
         return 2

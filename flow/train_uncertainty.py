@@ -1,7 +1,7 @@
 """Train the learned occlusion and uncertainty head of a flow backend on synthetic layered videos.
 
     python -m flow.train_uncertainty --backend dis|raft_small [--minutes 50] [--steps N] [--batch 8]
-                                     [--size 384x640] [--seed 0] [--textures DIR ...] [--out FILE]
+                                     [--size 384x640] [--seed 0] [--footage] [--textures DIR ...] [--out FILE]
 
 Each step draws ``batch`` frame pairs from :func:`synthetic.layers.sample_pair` (a fresh scene per
 pair, drawn from ``TRAINING_SCENE``; gaps 1 … 32 and 48 for the long gaps of the Δ = ∞ chains), computes
@@ -36,6 +36,9 @@ GAPS = (1, 2, 4, 8, 16, 32, 48)
 # real video (faster and more non-rigid motion, more blur and noise than synthetic.layers.SceneConfig()).
 TRAINING_SCENE = dict(mean_speed=3.0, max_speed=10.0, nonrigid_fraction=0.8, nonrigid_max_px=6.0,
                       camera_max_speed=4.0, blur_prob=0.7, blur_sigma=(0.0, 1.5), noise_sigma=(0.0, 6.0))
+# --footage adds the effects of real footage that break brightness constancy (finite shutter, turning
+# shading, moving lights and shadows, JPEG); measured in the README, not used by the packaged weights.
+FOOTAGE_EFFECTS = dict(motion_blur_prob=0.5, shading_gradient=0.4, light_blobs=(0, 3), jpeg_prob=0.7)
 VAL_SEED_OFFSET = 10 ** 9            # validation pairs: seeds from here on; training pairs below
 MAX_ERROR = 100.0                    # px: larger flow errors count as this much in the loss
 
@@ -177,6 +180,8 @@ def main(argv=None):
     p.add_argument("--weights", default="", help="RAFT checkpoint (default: as the tracker finds raft-small.pth)")
     p.add_argument("--val-pairs", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--footage", action="store_true", help="train on scenes with the footage effects "
+                                                          "(finite shutter, turning shading, moving lights, JPEG)")
     p.add_argument("--textures", nargs="*", help="folders of frames to cut layers from (default: the unlabelled "
                                                  "clips, ../shared/data/videos)")
     p.add_argument("--device", default="auto")
@@ -204,7 +209,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     val_seeds = range(VAL_SEED_OFFSET + args.seed * 10 ** 6, VAL_SEED_OFFSET + args.seed * 10 ** 6 + args.val_pairs)
-    scene = SceneConfig(**TRAINING_SCENE)
+    scene_args = dict(TRAINING_SCENE, **(FOOTAGE_EFFECTS if args.footage else {}))
+    scene = SceneConfig(**scene_args)
     val = [pair_batch(pool, flow, val_seeds[i:i + 8], size_hw, scene) for i in range(0, args.val_pairs, 8)]
     truth = [torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])]     # estimated flow, GT flow, GT occlusion
     fb = scores(*fb_predictions(truth[0]), *truth)
@@ -249,7 +255,7 @@ def main(argv=None):
             "size": list(size_hw), "gaps": list(GAPS), "flow": flow.cache_id(), "wall_s": round(wall, 1),
             "device": device, "torch": torch.__version__, "loss_first_100": np.mean(history[:100], 0).tolist(),
             "loss_last_100": np.mean(history[-100:], 0).tolist(),
-            "scene": TRAINING_SCENE, "occlusion_offset": head.occlusion_offset.item(),
+            "scene": scene_args, "occlusion_offset": head.occlusion_offset.item(),
             "validation": {"pairs": args.val_pairs, "learned": learned, "learned_without_offset": raw, "fb": fb}}
     save_head(out_path, head.cpu(), args.backend, meta)
     print(f"wrote {out_path}")

@@ -31,7 +31,12 @@ Ground truth (exact up to float32 rounding and the fixed-point inverse: < 1e-3 p
   tracks      the same map for query points, visible = inside the frame and front alpha < 0.5.
 Layer alpha at an image point is its canonical mask sampled bilinearly at Phi^-1(x); rendering samples
 texture and alpha the same way (cv2.remap) and composites back to front, then (if photometric
-effects are on) applies per-layer brightness/contrast drift, a per-scene Gaussian blur and noise.
+effects are on) applies per-layer brightness/contrast drift, a per-scene Gaussian blur and noise. Switched
+on by their ``SceneConfig`` fields, real footage's other departures from brightness constancy: a finite
+shutter (the frame is the mean of renders over the exposure centred on t, so fast layers smear along their
+motion), a shading across each layer whose direction turns (a surface turning under a fixed light), soft
+lights and shadows moving over the image independently of the layers, and JPEG compression. None of them
+moves a layer, so the ground truth is the same with and without them.
 
 Cost at 256x256, default config, real textures, one thread, measured on a slow 2-core VM that was also
 running a benchmark (CPU time): about 10 ms per frame rendered at a new t (2.4 ms of it drawing the
@@ -53,7 +58,7 @@ import numpy as np
 from core.coords import parse_frame_size
 from core.errors import InputError, PitrackError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2        # 2: finite shutter, rotating layer shading, moving light blobs, JPEG (all off by default)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DEFAULT_GAPS = (1, 2, 4, 8, 16, 32, 48)
 DEFAULT_NUM_FRAMES = 64
@@ -143,6 +148,16 @@ class SceneConfig:
     noise_sigma: tuple = (0.0, 4.0)           # grey levels
     blur_prob: float = 0.5
     blur_sigma: tuple = (0.0, 1.0)            # px
+    # Effects of real footage that break brightness constancy or smear along the motion; off by default, so
+    # version-1 scenes render unchanged. Their parameters come from a second stream, rng([seed, 1]).
+    motion_blur_prob: float = 0.0             # share of scenes filmed with a finite shutter
+    shutter: tuple = (0.3, 1.0)               # exposure, as a fraction of the frame interval
+    motion_blur_samples: int = 5              # renders averaged over the exposure
+    shading_gradient: float = 0.0             # max log-gain across a layer of a linear shading whose direction turns
+    light_blobs: tuple = (0, 0)               # inclusive range of soft lights/shadows moving over the image
+    light_blob_gain: float = 0.5              # max |log-gain| at a blob's centre
+    jpeg_prob: float = 0.0                    # share of scenes JPEG-compressed
+    jpeg_quality: tuple = (50, 95)
 
 
 def _apply_homography(m, x, y):
@@ -275,11 +290,25 @@ def _random_motion(rng, *, anchor, position_mid, t_mid, span, unit, mean_speed, 
 
 @dataclasses.dataclass
 class LayerAppearance:
-    """Slow photometric drift: colour -> (colour - 128) exp(c sin(f t + phi0)) + 128 + b sin(f t + phi1)."""
+    """Slow photometric drift: colour -> (colour - 128) exp(c sin(f t + phi0)) + 128 + b sin(f t + phi1), then
+    times the shading exp(s (cos θ(t) û + sin θ(t) v̂)), θ(t) = θ0 + ω t, with (û, v̂) the canonical position
+    scaled to [-1, 1] over the texture: a surface turning under a fixed light (s = 0: none)."""
     contrast_amp: float
     brightness_amp: float
     freq: float
     phase: np.ndarray
+    shading_amp: float = 0.0
+    shading_angle: float = 0.0
+    shading_rate: float = 0.0
+
+    def shading(self, map_x, map_y, texture_hw, t):
+        """Multiplicative gain float32 [...] at canonical (map_x, map_y), or None when there is no shading."""
+        if self.shading_amp == 0:
+            return None
+        h, w = texture_hw
+        angle = self.shading_angle + self.shading_rate * t
+        cx, cy = 2.0 * self.shading_amp * math.cos(angle) / max(w - 1, 1), 2.0 * self.shading_amp * math.sin(angle) / max(h - 1, 1)
+        return np.exp(cx * map_x + cy * map_y - self.shading_amp * (math.cos(angle) + math.sin(angle)))
 
     def gain_offset(self, t):
         """(g, o) with colour -> g colour + o at time t."""
@@ -468,11 +497,27 @@ class LayeredScene:
         self.blur_sigma = rng.uniform(*cfg.blur_sigma) if photometric and rng.random() < cfg.blur_prob else 0.0
         self._noise_key = int(rng.integers(2 ** 62))
         self._cache = {}
+        # effects drawn from their own stream, so that switching them on leaves everything above unchanged
+        extra = np.random.default_rng([int(seed) % 2 ** 63, 1])
+        self.shutter = extra.uniform(*cfg.shutter) if photometric and extra.random() < cfg.motion_blur_prob else 0.0
+        for layer in self.layers:
+            s = extra.uniform(0, cfg.shading_gradient)
+            angle, rate = extra.uniform(0, 2 * np.pi), extra.uniform(0.02, 0.1) * extra.choice([-1, 1])
+            if layer.appearance is not None and s > 0:
+                layer.appearance.shading_amp, layer.appearance.shading_angle, layer.appearance.shading_rate = s, angle, rate
+        n = int(extra.integers(cfg.light_blobs[0], cfg.light_blobs[1] + 1)) if photometric else 0
+        self.light_blobs = [dict(centre=extra.uniform(0, 1, 2) * (W - 1, H - 1), radius=side * extra.uniform(0.1, 0.4),
+                                 velocity=unit * extra.uniform(0.5, 3.0) * np.array([math.cos(a), math.sin(a)]),
+                                 gain=extra.uniform(-1.0, 0.6) * cfg.light_blob_gain, t_mid=t_mid)
+                            for a in extra.uniform(0, 2 * np.pi, n)]
+        self.jpeg_quality = int(extra.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)) \
+            if photometric and extra.random() < cfg.jpeg_prob else 0
 
     # ----------------------------------------------------------------- sampling the layers at one time
-    def _layer_samples(self, t):
+    def _layer_samples(self, t, cache=True):
         """Per layer: its pixel box at t, the canonical position and alpha of every box pixel (None if off-frame).
-        The last four times are cached (a training pair renders and differentiates the same two)."""
+        The last four times asked with ``cache`` are kept (a training pair renders and differentiates the same
+        two; the other instants of an exposure are not kept)."""
         key = float(t)
         if key in self._cache:
             return self._cache[key]
@@ -494,9 +539,10 @@ class LayeredScene:
             alpha = np.ones(map_x.shape, np.float32) if layer.alpha is None else \
                 cv2.remap(layer.alpha, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             samples.append(_LayerSample(box, alpha, map_x, map_y))
-        if len(self._cache) >= 4:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = samples
+        if cache:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = samples
         return samples
 
     def _layer_alpha(self, m, x, y, t, candidates):
@@ -520,11 +566,11 @@ class LayeredScene:
         return (x >= -0.5) & (x <= W - 0.5) & (y >= -0.5) & (y <= H - 0.5)
 
     # ----------------------------------------------------------------- public
-    def render(self, t):
-        """Frame t: uint8 RGB [H, W, 3]."""
+    def composite(self, t, cache=True):
+        """The layers composited at instant t, before the camera's effects: float32 RGB [H, W, 3]."""
         H, W = self.size_hw
         image = np.zeros((H, W, 3), np.float32)
-        for index, (layer, sample) in enumerate(zip(self.layers, self._layer_samples(t))):
+        for index, (layer, sample) in enumerate(zip(self.layers, self._layer_samples(t, cache))):
             if sample is None:
                 continue
             y0, y1, x0, x1 = sample.box
@@ -533,16 +579,51 @@ class LayeredScene:
                 gain, offset = layer.appearance.gain_offset(t)
                 colour *= gain
                 colour += offset
+                shading = layer.appearance.shading(sample.map_x, sample.map_y, layer.texture.shape[:2], t)
+                if shading is not None:
+                    colour *= shading[..., None]
             if index == 0:
                 image[y0:y1, x0:x1] = colour
             else:
                 image[y0:y1, x0:x1] = cv2.blendLinear(colour, image[y0:y1, x0:x1], sample.alpha, 1.0 - sample.alpha)
+        return image
+
+    def exposure_instants(self, t):
+        """The instants averaged into frame t: t alone, or ``motion_blur_samples`` evenly over the shutter
+        interval centred on t (the ground truth of frame t is the scene at t, the middle of the exposure)."""
+        n = self.config.motion_blur_samples
+        if self.shutter == 0 or n < 2:
+            return [float(t)]
+        return [float(t) + self.shutter * (k / (n - 1) - 0.5) for k in range(n)]
+
+    def light(self, t):
+        """Gain float32 [H, W] of the moving lights and shadows at t: exp(sum_b g_b exp(-|x - c_b(t)|^2 / 2 r_b^2))."""
+        H, W = self.size_hw
+        xs, ys = np.arange(W, dtype=np.float32)[None, :], np.arange(H, dtype=np.float32)[:, None]
+        log_gain = np.zeros((H, W), np.float32)
+        for b in self.light_blobs:
+            cx, cy = b["centre"] + b["velocity"] * (float(t) - b["t_mid"])
+            log_gain += b["gain"] * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * b["radius"] ** 2))
+        return np.exp(log_gain)
+
+    def render(self, t):
+        """Frame t: uint8 RGB [H, W, 3]. The composite averaged over the exposure, lit, blurred, with noise,
+        rounded, and JPEG-compressed where the scene has a quality."""
+        instants = self.exposure_instants(t)
+        image = self.composite(t) if len(instants) == 1 else \
+            sum(self.composite(s, cache=s == float(t)) for s in instants) * (1.0 / len(instants))
+        if self.light_blobs:
+            image *= self.light(t)[..., None]
         if self.blur_sigma > 0:
             image = cv2.GaussianBlur(image, (0, 0), self.blur_sigma)
         if self.noise_sigma > 0:
             noise_rng = np.random.default_rng([self._noise_key, int(round(float(t) * 1000)) + 2 ** 40])
             image += self.noise_sigma * noise_rng.standard_normal(image.shape, dtype=np.float32)
-        return cv2.addWeighted(image, 1.0, image, 0.0, 0.0, dtype=cv2.CV_8U)     # round and saturate
+        image = cv2.addWeighted(image, 1.0, image, 0.0, 0.0, dtype=cv2.CV_8U)     # round and saturate
+        if self.jpeg_quality:
+            ok, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            image = np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
+        return image
 
     def top_layer(self, t):
         """int64 [H, W]: index of the front-most layer with alpha > 0.5 at each pixel (0 = background)."""

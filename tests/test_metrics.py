@@ -245,6 +245,18 @@ def test_calibration_summary_of_a_calibrated_gaussian():
     assert summarize(sigma, err * 5, none, none)["within_2sigma"] < 0.3           # over-confident σ shows
 
 
+def test_calibration_by_distance_octaves_by_hand():
+    """Distances 1, 2, 3, 5 and 9 fall in octaves 1, 2-3, 2-3, 4-7 and 8-15; each octave is scored alone."""
+    from eval.calibration import by_distance
+    sig = np.array([1.0, 1.0, 1.0, 1.0, 1.0])
+    err = np.array([0.5, 1.5, 0.5, 3.0, 1.5])
+    d = by_distance(sig, err, np.array([1, 2, 3, 5, 9]))
+    assert list(d) == ["1", "2-3", "4-7", "8-15"]
+    assert [d[k]["points"] for k in d] == [1, 2, 1, 1]
+    assert d["2-3"]["within_1sigma"] == 0.5 and d["2-3"]["within_2sigma"] == 1.0
+    assert d["4-7"]["within_2sigma"] == 0.0 and d["8-15"]["median_error"] == 1.5
+
+
 def test_occlusion_scores_by_hand():
     from eval.calibration import occlusion_scores
     truth = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)

@@ -328,3 +328,56 @@ def test_eval_synthetic_bad_input_one_line_exit_2(tmp_path, args):
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "c").exists()
+
+
+FOOTAGE = dict(motion_blur_prob=1.0, shutter=(0.8, 0.8), shading_gradient=0.5, light_blobs=(2, 2), jpeg_prob=1.0)
+
+
+def test_footage_effects_leave_ground_truth_and_layers_unchanged(pool):
+    """Finite shutter, turning shading, moving lights and JPEG change the pixels but not one layer: flow,
+    occlusion and tracks of a scene with them equal those of the same seed without them."""
+    plain = dataclasses.replace(STILL, photometric=True, noise_sigma=(0.0, 0.0), blur_prob=0.0)
+    a, b = LayeredScene(pool, 7, SIZE, 8, plain), LayeredScene(pool, 7, SIZE, 8, dataclasses.replace(plain, **FOOTAGE))
+    assert b.shutter == 0.8 and len(b.light_blobs) == 2 and b.jpeg_quality >= 50
+    for (fa, oa), (fb, ob) in zip([a.flow(1, 5), a.flow(5, 1)], [b.flow(1, 5), b.flow(5, 1)]):
+        np.testing.assert_array_equal(fa, fb)
+        np.testing.assert_array_equal(oa, ob)
+    q = np.array([[20.5, 30.5], [64.0, 56.0]])
+    np.testing.assert_array_equal(a.track(q, 2)[0], b.track(q, 2)[0])
+    assert np.abs(a.render(3).astype(float) - b.render(3)).mean() > 2.0
+
+
+def test_finite_shutter_frame_is_the_mean_over_the_exposure(pool):
+    """With a shutter s, frame t is the mean of the composites at t + s (k / (n - 1) - 1/2), k = 0 … n - 1."""
+    fast = dataclasses.replace(STILL, mean_speed=15.0, max_speed=30.0)
+    cfg = dataclasses.replace(fast, photometric=True, noise_sigma=(0.0, 0.0), blur_prob=0.0,
+                              brightness_drift=0.0, contrast_drift=0.0, motion_blur_prob=1.0, shutter=(0.6, 0.6))
+    scene = LayeredScene(pool, 3, SIZE, 8, cfg)
+    instants = scene.exposure_instants(4)
+    np.testing.assert_allclose(instants, [3.7, 3.85, 4.0, 4.15, 4.3])
+    mean = np.mean([LayeredScene(pool, 3, SIZE, 8, fast).composite(s) for s in instants], 0)
+    assert np.abs(scene.render(4) - mean).max() <= 0.51
+    assert np.abs(scene.render(4).astype(float) - scene.composite(4)).max() > 5    # the sprites do smear
+
+
+def test_moving_light_and_turning_shading_are_the_stated_gains(pool):
+    """A light blob multiplies the frame by exp(g exp(-|x - c(t)|² / 2r²)) around its moving centre; a layer's
+    shading is exp(s (cos θ û + sin θ v̂)) over its texture scaled to [-1, 1] (1 at the centre, e^±s at edges)."""
+    from synthetic.layers import LayerAppearance
+    cfg = dataclasses.replace(STILL, photometric=True, noise_sigma=(0.0, 0.0), blur_prob=0.0, light_blobs=(1, 1))
+    scene = LayeredScene(pool, 5, SIZE, 8, cfg)
+    b = scene.light_blobs[0]
+    cx, cy = b["centre"] + b["velocity"] * (6.0 - b["t_mid"])
+    light = scene.light(6)
+    i, j = int(round(cy)), int(round(cx))
+    if 0 <= i < SIZE[0] and 0 <= j < SIZE[1]:
+        d2 = (j - cx) ** 2 + (i - cy) ** 2
+        assert light[i, j] == pytest.approx(math.exp(b["gain"] * math.exp(-d2 / (2 * b["radius"] ** 2))), rel=1e-4)
+    assert light[0, 0] == pytest.approx(math.exp(b["gain"] * math.exp(-(cx ** 2 + cy ** 2) / (2 * b["radius"] ** 2))), rel=1e-4)
+    unlit = LayeredScene(pool, 5, SIZE, 8, dataclasses.replace(cfg, light_blobs=(0, 0))).composite(6)
+    assert np.abs(scene.render(6) - np.clip(unlit * light[..., None], 0, 255)).max() <= 0.51
+    a = LayerAppearance(0.0, 0.0, 0.1, np.zeros(2), shading_amp=0.3, shading_angle=0.0, shading_rate=0.1)
+    x, y = np.array([0.0, 50.0, 100.0]), np.array([20.0, 20.0, 20.0])
+    np.testing.assert_allclose(a.shading(x, y, (41, 101), 0.0), np.exp([-0.3, 0.0, 0.3]), rtol=1e-6)
+    g = a.shading(np.array([50.0]), np.array([40.0]), (41, 101), 5 * math.pi)          # θ = π/2: along v̂, at the bottom
+    np.testing.assert_allclose(g, [math.exp(0.3)], rtol=1e-6)
