@@ -38,13 +38,15 @@ def scale_sigma(sigma, from_hw, to_hw):
     return (np.asarray(sigma, dtype=np.float64) * s).astype(np.float32)
 
 
-def parse_frame_size(text, min_side=16, option="--size"):
-    """(H, W) from a command line's ``WxH`` (e.g. ``854x480``); InputError unless both sides are >= ``min_side``."""
+def parse_frame_size(text, min_side=16, option="--size", order="WxH"):
+    """(H, W) from a command line's ``WxH`` (e.g. ``854x480``), or ``HxW`` with ``order="HxW"``; InputError
+    unless both sides are >= ``min_side``."""
     from core.errors import InputError
     m = re.fullmatch(r"(\d+)x(\d+)", str(text).strip().lower())
     if not m or min(int(m.group(1)), int(m.group(2))) < min_side:
-        raise InputError(f"{option} must be WxH with both sides >= {min_side}, got {text!r}")
-    return int(m.group(2)), int(m.group(1))
+        raise InputError(f"{option} must be {order} with both sides >= {min_side}, got {text!r}")
+    first, second = int(m.group(1)), int(m.group(2))
+    return (first, second) if order == "HxW" else (second, first)
 
 
 def parse_resolution(spec, hw):

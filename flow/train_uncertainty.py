@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.coords import parse_frame_size
 from core.errors import InputError, PitrackError
 from eval.calibration import occlusion_scores, spearman
 from flow.learned_uncertainty import (PACKAGED, WEIGHTS_DIR, MapGeometry, dis_head_inputs, make_head, save_head,
@@ -41,16 +42,6 @@ TRAINING_SCENE = dict(mean_speed=3.0, max_speed=10.0, nonrigid_fraction=0.8, non
 FOOTAGE_EFFECTS = dict(motion_blur_prob=0.5, shading_gradient=0.4, light_blobs=(0, 3), jpeg_prob=0.7)
 VAL_SEED_OFFSET = 10 ** 9            # validation pairs: seeds from here on; training pairs below
 MAX_ERROR = 100.0                    # px: larger flow errors count as this much in the loss
-
-
-def parse_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise InputError(f"--size must be HxW, e.g. 256x384, got {text!r}") from None
-    if h < 64 or w < 64:
-        raise InputError(f"--size must be at least 64x64, got {text!r}")
-    return h, w
 
 
 def make_flow(backend, preset, weights=""):
@@ -190,7 +181,7 @@ def main(argv=None):
     try:
         from core.devices import resolve_device
         from synthetic.layers import GENERATOR_VERSION, SceneConfig, TexturePool, default_texture_folders
-        size_hw = parse_size(args.size)
+        size_hw = parse_frame_size(args.size, min_side=64, order="HxW")
         if args.batch < 1 or args.steps < 1 or not args.minutes > 0:
             raise InputError("--batch, --steps and --minutes must be positive")
         folders = args.textures or default_texture_folders()

@@ -307,7 +307,8 @@ class LayerAppearance:
             return None
         h, w = texture_hw
         angle = self.shading_angle + self.shading_rate * t
-        cx, cy = 2.0 * self.shading_amp * math.cos(angle) / max(w - 1, 1), 2.0 * self.shading_amp * math.sin(angle) / max(h - 1, 1)
+        cx = 2.0 * self.shading_amp * math.cos(angle) / max(w - 1, 1)
+        cy = 2.0 * self.shading_amp * math.sin(angle) / max(h - 1, 1)
         return np.exp(cx * map_x + cy * map_y - self.shading_amp * (math.cos(angle) + math.sin(angle)))
 
     def gain_offset(self, t):
@@ -504,7 +505,8 @@ class LayeredScene:
             s = extra.uniform(0, cfg.shading_gradient)
             angle, rate = extra.uniform(0, 2 * np.pi), extra.uniform(0.02, 0.1) * extra.choice([-1, 1])
             if layer.appearance is not None and s > 0:
-                layer.appearance.shading_amp, layer.appearance.shading_angle, layer.appearance.shading_rate = s, angle, rate
+                layer.appearance.shading_amp = s
+                layer.appearance.shading_angle, layer.appearance.shading_rate = angle, rate
         n = int(extra.integers(cfg.light_blobs[0], cfg.light_blobs[1] + 1)) if photometric else 0
         self.light_blobs = [dict(centre=extra.uniform(0, 1, 2) * (W - 1, H - 1), radius=side * extra.uniform(0.1, 0.4),
                                  velocity=unit * extra.uniform(0.5, 3.0) * np.array([math.cos(a), math.sin(a)]),
