@@ -1,6 +1,7 @@
 """How trustworthy is a tracker's σ? Compare predicted σ with actual errors on ground truth.
 
     python -m eval.calibration --config configs/X.yaml --data DIR --mode first|strided [--videos a,b] [--by-distance]
+                               [--fit-drift]
 
 Over the scored frames where the ground truth and the prediction are both visible, in the 256×256
 raster: median σ, median error, the fraction of errors below σ and below 2σ, and Spearman's rank
@@ -14,6 +15,11 @@ query and too small far from it.
 
 Occlusion, over all scored frames: precision, recall and F1 of the frames called occluded (not visible)
 against the ground truth's occluded frames.
+
+``--fit-drift`` fits the chaining's process noise ``chain.drift_var`` q (:func:`fit_drift`; run it on the
+tracker with ``drift_var: 0``): the q for which σ'² = σ² + q·d (d frames from the query) is calibrated at
+the median, in original px² per frame (= working px² at ``flow.resolution: native``). It also fits q on
+the odd-numbered videos and scores σ' on the even ones, and the other way round: held-out figures.
 """
 import argparse
 import json
@@ -74,8 +80,49 @@ def by_distance(sig, err, distance):
     return out
 
 
+def fit_drift(sig, err, distance):
+    """Process noise q with median(e² / (σ² + q·d)) = 2 ln 2, the median of e²/σ² for a calibrated isotropic
+    2-D Gaussian error (χ² with two degrees of freedom, σ per axis); 0 when σ already reaches it. ``sig``, ``err``
+    [M] in one unit, ``distance`` [M] (frames, or frames times a squared scale to report q in another unit).
+    Bisection: the median falls as q grows."""
+    s2, e2, d = np.square(sig, dtype=np.float64), np.square(err, dtype=np.float64), np.asarray(distance, np.float64)
+    target = 2.0 * np.log(2.0)
+
+    def median(q):
+        return float(np.median(e2 / np.maximum(s2 + q * d, 1e-12)))
+    if sig.size == 0 or median(0.0) <= target:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while median(hi) > target:
+        if hi > 1e9:                        # no distance to grow with (all points on their query frame)
+            return float("inf")
+        lo, hi = hi, 2.0 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if median(mid) > target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def drift_report(sig, err, distance, scale, video_index):
+    """:func:`fit_drift` on all points, and fitted on one half of the videos (odd, even index) and scored on the
+    other. ``scale`` [M]: raster px per original px of each point's video, so q comes out in original px²."""
+    d = distance * scale ** 2
+    out = {"drift_var": fit_drift(sig, err, d), "held_out": []}
+    for fit_on in (1, 0):
+        fit, test = video_index % 2 == fit_on, video_index % 2 != fit_on
+        q = fit_drift(sig[fit], err[fit], d[fit])
+        s = np.sqrt(sig[test] ** 2 + q * d[test])
+        out["held_out"].append({"fit_on": "odd" if fit_on else "even", "drift_var": q,
+                                **summarize(s, err[test])})
+    return out
+
+
 def rounded(d):
-    return {k: rounded(v) if isinstance(v, dict) else round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+    if isinstance(d, list):
+        return [rounded(v) for v in d]
+    if isinstance(d, dict):
+        return {k: rounded(v) for k, v in d.items()}
+    return round(d, 6 if abs(d) < 0.01 else 4) if isinstance(d, float) else d
 
 
 def main(argv=None):
@@ -85,6 +132,7 @@ def main(argv=None):
     p.add_argument("--mode", choices=["first", "strided"], default="first")
     p.add_argument("--videos")
     p.add_argument("--by-distance", action="store_true", help="also report σ's figures per distance from the query frame")
+    p.add_argument("--fit-drift", action="store_true", help="fit chain.drift_var (run with drift_var 0)")
     args = p.parse_args(argv)
     try:
         from pitrack import Tracker
@@ -96,12 +144,16 @@ def main(argv=None):
             if not isinstance(video, TapVidVideo):
                 raise InputError(f"{folder}: calibration needs TAP-Vid format ground truth")
             q, _ = video.queries(args.mode)
-            parts.append(sigma_errors(video, tracker(video.load_frames(), q), args.mode))
-        sig, err, distance, truth_occ, pred_occ = (np.concatenate(v) for v in zip(*parts))
+            sig, err, distance, truth_occ, pred_occ = sigma_errors(video, tracker(video.load_frames(), q), args.mode)
+            scale = np.full(sig.shape, float(scale_sigma(1.0, video.size_hw, SCORING_SIZE)))
+            parts.append((sig, err, distance, truth_occ, pred_occ, scale, np.full(sig.shape, len(parts))))
+        sig, err, distance, truth_occ, pred_occ, scale, index = (np.concatenate(v) for v in zip(*parts))
         out = {"config": tracker.config.name, "mode": args.mode, "videos": len(folders)}
         out.update(summarize(sig, err, truth_occ, pred_occ))
         if args.by_distance:
             out["by_distance"] = by_distance(sig, err, distance)
+        if args.fit_drift:
+            out.update(drift_report(sig, err, distance, scale, index))
         print(json.dumps(rounded(out)))
     except PitrackError as e:
         print(f"eval.calibration: error: {e}", file=sys.stderr)

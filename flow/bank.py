@@ -408,7 +408,7 @@ class FlowBank:
             outside = ((q[..., 0] < -0.5) | (q[..., 0] > w - 0.5) | (q[..., 1] < -0.5) | (q[..., 1] > h - 0.5)).numpy()
             if self._map_shape:
                 maps = torch.from_numpy(np.stack([self._fields(*pairs[g])[2] for g in rows]))
-                occ, var = self._uncertainty.at_points(maps, pts, outside)
+                occ, var = self._uncertainty.at_points(maps, pts, outside, d_ab, d_ba)
             else:
                 occ, var = self._uncertainty.at_points(d_ab.numpy(), d_ba.numpy(), outside)
             out[rows] = torch.cat([d_ab, torch.from_numpy(occ)[..., None], torch.from_numpy(var)[..., None]], -1)

@@ -27,6 +27,12 @@ update of it — 360 channels for RAFT-small. Nothing is computed twice: the fea
 flow's own forward pass. The head keeps their resolution.
 
 Either head's outputs are sampled bilinearly at the points the integrator asks for (:class:`MapGeometry`).
+
+A head with the forward–backward prior (``prior="fb"``, ``train_uncertainty --prior fb``) outputs corrections: its
+occlusion logit and α are added to those of the forward–backward formulas (flow/occlusion.py, default
+parameters) evaluated exactly at each pixel or point (:func:`fb_prior`), and its last layer starts at
+zero, so training starts from the formulas and the head's quarter-resolution maps only have to say where
+they are wrong — not to redraw the occlusion boundaries the full-resolution check already places.
 """
 import json
 import os
@@ -45,6 +51,38 @@ DIS_INPUT_CHANNELS = 14
 LOG_VAR_RANGE = (-6.0, 10.0)          # α is clamped here: σ from 0.05 px to 148 px
 PACKAGED = {"dis": "dis_uncertainty.pt", "raft_small": "raft_small_uncertainty.pt"}
 HEAD_CHANNELS = {"dis": 32, "raft_small": 64, "raft_large": 64}
+PRIORS = ("none", "fb")
+FB_PRIOR_LOGIT = 8.0                  # the prior's occlusion logit is clamped to ±8, so that the head can overrule it
+
+
+def fb_prior(r2, motion2):
+    """The forward–backward formulas (flow/occlusion.py, default parameters τ0 = 1, α = 0.01, σ0² = k = 0.25)
+    as a head's prior, from the squared FB residual ``r2`` = r² and ``motion2`` = ‖F_ab(p)‖² + ‖F_ba(q)‖²
+    (torch tensors, px²): occlusion logit log(p / (1 − p)) of p = 1 − exp(−x), x = r² / (2τ²),
+    τ² = 1 + 0.01·motion2 (= log(1 − e^−x) + x, clamped to ±FB_PRIOR_LOGIT), and α = log(0.25 + 0.25·r²).
+    Returns (logit, α)."""
+    x = (r2 / (2.0 * (1.0 + 0.01 * motion2))).clamp_min(1e-6)
+    logit = (torch.log(-torch.expm1(-x)) + x).clamp(-FB_PRIOR_LOGIT, FB_PRIOR_LOGIT)
+    return logit, torch.log(0.25 + 0.25 * r2)
+
+
+def fb_prior_maps(flow_ab, flow_ba):
+    """:func:`fb_prior` at every pixel of the directed flows ``flow_ab`` [B, 2, h, w] against ``flow_ba`` (numpy or
+    torch, working px): float32 [B, 2, h, w] (occlusion logit, α)."""
+    from flow.occlusion import fb_residual
+    out = []
+    for fab, fba in zip(np.asarray(flow_ab, np.float32), np.asarray(flow_ba, np.float32)):
+        r, _, back = fb_residual(fab, fba)
+        motion2 = (fab ** 2).sum(0) + (back ** 2).sum(0)
+        out.append(torch.stack(fb_prior(torch.from_numpy(r * r), torch.from_numpy(motion2))))
+    return torch.stack(out)
+
+
+def add_prior(out, prior):
+    """Head outputs ``out`` [B, 2, ...] (corrections to the occlusion logit and α) plus ``prior`` [B, 2, ...]
+    (:func:`fb_prior`), α clamped to LOG_VAR_RANGE."""
+    logit, alpha = out.unbind(1)
+    return torch.stack([logit + prior[:, 0], (alpha + prior[:, 1]).clamp(*LOG_VAR_RANGE)], 1)
 
 
 class MapGeometry:
@@ -120,13 +158,16 @@ class UncertaintyHead(nn.Module):
 
     ``occlusion_offset`` (a buffer, 0 while training) is added to the occlusion logit: training sets it
     so that p = 0.5, the integrator's threshold, is the decision of highest occlusion F1 on the
-    synthetic validation pairs (:func:`flow.train_uncertainty.decision_offset`).
+    synthetic validation pairs (:func:`flow.train_uncertainty.decision_offset`). With ``prior="fb"`` the
+    outputs are corrections to :func:`fb_prior` (:func:`add_prior`) and the last layer starts at zero.
     """
 
-    def __init__(self, channels=32, in_channels=DIS_INPUT_CHANNELS, first_stride=2):
+    def __init__(self, channels=32, in_channels=DIS_INPUT_CHANNELS, first_stride=2, prior="none"):
         super().__init__()
         c = int(channels)
-        self.channels, self.in_channels, self.first_stride = c, int(in_channels), int(first_stride)
+        if prior not in PRIORS:
+            raise ValueError(f"unknown head prior {prior!r} (known: {', '.join(PRIORS)})")
+        self.channels, self.in_channels, self.first_stride, self.prior = c, int(in_channels), int(first_stride), prior
         self.body = nn.Sequential(
             nn.Conv2d(self.in_channels, c, 3, stride=self.first_stride, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
@@ -134,6 +175,9 @@ class UncertaintyHead(nn.Module):
             nn.Conv2d(c, c, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, 2, 1))
+        if prior == "fb":
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
         self.register_buffer("occlusion_offset", torch.zeros(()))
 
     def forward(self, x):
@@ -141,15 +185,15 @@ class UncertaintyHead(nn.Module):
         return torch.cat([out[:, :1] + self.occlusion_offset, out[:, 1:].clamp(*LOG_VAR_RANGE)], 1)
 
 
-def make_head(backend, channels=None, in_channels=None):
-    """A fresh head for flow backend ``backend`` (``in_channels``: RAFT's feature channels)."""
+def make_head(backend, channels=None, in_channels=None, prior="none"):
+    """A fresh head for flow backend ``backend`` (``in_channels``: RAFT's feature channels; ``prior``: PRIORS)."""
     c = HEAD_CHANNELS[backend] if channels is None else channels
     if backend == "dis":
-        return UncertaintyHead(c, DIS_INPUT_CHANNELS if in_channels is None else int(in_channels))
+        return UncertaintyHead(c, DIS_INPUT_CHANNELS if in_channels is None else int(in_channels), prior=prior)
     if in_channels is None:
         from flow.raft import raft_feature_channels
         in_channels = raft_feature_channels(backend)
-    return UncertaintyHead(c, in_channels, first_stride=1)
+    return UncertaintyHead(c, in_channels, first_stride=1, prior=prior)
 
 
 def upsample_to(maps, hw, geometry=DIS_GEOMETRY):
@@ -164,7 +208,7 @@ def save_head(path, head, backend, meta):
     """Write the head's weights with ``meta`` (command, seed, generator version, training figures)."""
     meta = json.loads(json.dumps(meta, default=float))      # plain types only: loadable with weights_only=True
     torch.save({"format": HEAD_FORMAT, "backend": backend, "channels": head.channels,
-                "in_channels": head.in_channels,
+                "in_channels": head.in_channels, "prior": head.prior,
                 "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "meta": meta}, path)
 
 
@@ -187,7 +231,10 @@ def load_head(path, backend):
                            f"'{ckpt.get('backend')}', not '{backend}'")
     if backend not in HEAD_CHANNELS:
         raise WeightsError(f"learned flow uncertainty: no head for flow backend '{backend}'")
-    head = make_head(backend, int(ckpt.get("channels", HEAD_CHANNELS[backend])), ckpt.get("in_channels"))
+    if ckpt.get("prior", "none") not in PRIORS:
+        raise WeightsError(f"learned flow uncertainty: {path} has an unknown prior '{ckpt.get('prior')}'")
+    head = make_head(backend, int(ckpt.get("channels", HEAD_CHANNELS[backend])), ckpt.get("in_channels"),
+                     ckpt.get("prior", "none"))
     state = ckpt["state_dict"]
     check_fits(state, head.state_dict(), f"learned flow uncertainty {path}")
     if not all(torch.isfinite(v).all() for v in state.values()):
@@ -238,10 +285,14 @@ class LearnedUncertainty:
         with torch.inference_mode():
             return self.head(torch.as_tensor(features).float()).half().numpy()
 
-    def at_points(self, maps, points, outside):
+    def at_points(self, maps, points, outside, d_ab, d_ba):
         """``maps`` torch [G, 2, h', w'] of G directed flows, ``points`` torch [G, M, 2] working px (pixel-centre)
-        in their first frames, ``outside`` bool [G, M]. Returns occlusion [G, M] and variance [G, M] (numpy)."""
+        in their first frames, ``outside`` bool [G, M], ``d_ab`` = F_ab(p) and ``d_ba`` = F_ba(p + F_ab(p)) torch
+        [G, M, 2] (for the prior). Returns occlusion [G, M] and variance [G, M] (numpy)."""
         s = sample_fields(maps.float(), self.geometry.cells(points))
+        if self.head.prior == "fb":
+            prior = fb_prior(((d_ab + d_ba) ** 2).sum(-1), (d_ab ** 2).sum(-1) + (d_ba ** 2).sum(-1))
+            s = add_prior(s.permute(0, 2, 1), torch.stack(prior, 1)).permute(0, 2, 1)
         occ = torch.sigmoid(s[..., 0]).numpy()
         var = np.minimum(np.exp(s[..., 1].numpy()), self.var_max)
         return (np.where(outside, np.float32(1.0), occ).astype(np.float32),

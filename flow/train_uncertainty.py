@@ -1,7 +1,8 @@
 """Train the learned occlusion and uncertainty head of a flow backend on synthetic layered videos.
 
     python -m flow.train_uncertainty --backend dis|raft_small [--minutes 50] [--steps N] [--batch 8]
-                                     [--size 384x640] [--seed 0] [--footage] [--textures DIR ...] [--out FILE]
+                                     [--size 384x640] [--seed 0] [--footage] [--prior none|fb] [--textures DIR ...]
+                                     [--out FILE]
 
 Each step draws ``batch`` frame pairs from :func:`synthetic.layers.sample_pair` (a fresh scene per
 pair, drawn from ``TRAINING_SCENE``; gaps 1 … 32 and 48 for the long gaps of the Δ = ∞ chains), computes
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 from core.coords import parse_frame_size
 from core.errors import InputError, PitrackError
 from eval.calibration import occlusion_scores, spearman
-from flow.learned_uncertainty import (PACKAGED, WEIGHTS_DIR, MapGeometry, dis_head_inputs, make_head, save_head,
-                                      upsample_to)
+from flow.learned_uncertainty import (LOG_VAR_RANGE, PACKAGED, PRIORS, WEIGHTS_DIR, MapGeometry, add_prior,
+                                      dis_head_inputs, fb_prior_maps, make_head, pixel_grid, save_head, upsample_to)
 
 GAPS = (1, 2, 4, 8, 16, 32, 48)
 # Scenes for training: the generator's defaults made harder, so that DIS errs on them about as often as on
@@ -42,6 +43,7 @@ TRAINING_SCENE = dict(mean_speed=3.0, max_speed=10.0, nonrigid_fraction=0.8, non
 FOOTAGE_EFFECTS = dict(motion_blur_prob=0.5, shading_gradient=0.4, light_blobs=(0, 3), jpeg_prob=0.7)
 VAL_SEED_OFFSET = 10 ** 9            # validation pairs: seeds from here on; training pairs below
 MAX_ERROR = 100.0                    # px: larger flow errors count as this much in the loss
+OUTSIDE_LOGIT = 20.0                 # occlusion logit where the flow leaves the frame (the integrator's p = 1)
 
 
 def make_flow(backend, preset, weights=""):
@@ -90,6 +92,19 @@ class PairStream(torch.utils.data.IterableDataset):
             base = seed * 10 ** 6 + k * batch
             yield pair_batch(pool, flow, range(base, base + batch), size_hw, scene)
             k += 1
+
+
+def full_outputs(head, x, est, geometry, device="cpu"):
+    """The head's occlusion logit and α at every working pixel, float32 [2B, 2, h, w] on the CPU, its prior added
+    (the forward–backward formulas of each flow ``est`` [2B, 2, h, w] against the other direction, row i ^ 1).
+    Where the flow leaves the frame they are what the integrator uses there (occluded, largest variance)."""
+    out = upsample_to(head(x.to(device)), est.shape[-2:], geometry).cpu()
+    if head.prior == "fb":
+        out = add_prior(out, fb_prior_maps(est, est[np.arange(len(est)) ^ 1]))
+    h, w = est.shape[-2:]
+    q = pixel_grid(h, w).T.reshape(1, 2, h, w) + est
+    outside = ((q[:, 0] < -0.5) | (q[:, 0] > w - 0.5) | (q[:, 1] < -0.5) | (q[:, 1] > h - 0.5))[:, None]
+    return torch.where(outside, torch.tensor([OUTSIDE_LOGIT, LOG_VAR_RANGE[1]]).reshape(1, 2, 1, 1), out)
 
 
 def hard_labels(occ):
@@ -149,7 +164,7 @@ def predict(head, val, device, geometry):
     logits, vars_ = [], []
     with torch.no_grad():
         for x, est, _, _ in val:
-            out = upsample_to(head(x.to(device)).cpu(), est.shape[-2:], geometry)
+            out = full_outputs(head, x, est, geometry, device)
             logits.append(out[:, 0])
             vars_.append(out[:, 1].exp())
     head.train()
@@ -168,6 +183,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--w-occ", type=float, default=1.0, help="weight of the occlusion loss")
     p.add_argument("--channels", type=int, default=None, help="head width (default: 32 for dis, 64 for RAFT)")
+    p.add_argument("--prior", default="none", choices=PRIORS, help="none: the head predicts alone; fb: it corrects "
+                                                                  "the forward–backward formulas (starts from them)")
     p.add_argument("--weights", default="", help="RAFT checkpoint (default: as the tracker finds raft-small.pth)")
     p.add_argument("--val-pairs", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
@@ -206,7 +223,7 @@ def main(argv=None):
     truth = [torch.cat(v) for v in zip(*[(b[1], b[2], b[3]) for b in val])]     # estimated flow, GT flow, GT occlusion
     fb = scores(*fb_predictions(truth[0]), *truth)
     print(f"validation, forward-backward formulas: {fmt(fb)}", flush=True)
-    head = make_head(args.backend, args.channels).to(device)
+    head = make_head(args.backend, args.channels, prior=args.prior).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
     stream = torch.utils.data.DataLoader(
         PairStream(folders, args.backend, args.dis_preset, args.weights, args.batch, size_hw, args.seed, 0, scene),
@@ -220,8 +237,7 @@ def main(argv=None):
             break
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (step + 1) / 50)
-        out = upsample_to(head(x.to(device)), est.shape[-2:], geometry).cpu()
-        l_occ, l_unc = losses(out, est, gt, occ)
+        l_occ, l_unc = losses(full_outputs(head, x, est, geometry, device), est, gt, occ)
         loss = l_unc + args.w_occ * l_occ
         opt.zero_grad()
         loss.backward()

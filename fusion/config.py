@@ -9,7 +9,13 @@ class ChainConfig:
     intervals: list[str]
     occlusion_threshold: float  # a candidate is visible when its occlusion probability is below this
     query_sigma: float  # σ (working px) of the query position itself
+    drift_var: float  # q (working px² per frame): process noise of chaining; a link over Δ frames adds q·Δ to σ²
     query_frames_per_chunk: int  # queries × frames tracked together (keypoints, filters, integration)
+
+    def __post_init__(self):
+        if not self.drift_var >= 0:
+            from core.errors import ConfigError
+            raise ConfigError(f"chain.drift_var must be >= 0 (px² per frame), got {self.drift_var}")
 
     def parsed_intervals(self):
         """Sorted finite intervals (ints >= 1) and whether the query-frame interval 'inf' is used."""

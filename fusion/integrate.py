@@ -2,9 +2,11 @@
 
 Candidates. For a frame t and an interval Δ, a query's candidate comes from its estimate at the source
 frame s (s = t − Δ going forward, s = t + Δ going backward, s = t_q for Δ = ∞), moved through the flow
-s → t sampled at that estimate (:func:`fusion.gaussian.chain_gaussian`); its occlusion probability is
-max(o_s, O_{s→t}). A candidate is visible when that probability is below the threshold and it lies in
-the frame.
+s → t sampled at that estimate (:func:`fusion.gaussian.chain_gaussian`), the link's variance being the
+flow's σ² plus the process noise q·|t − s| (``drift_var`` q, px² per frame: a random-walk drift that no
+single flow's σ shows, so a chain's variance grows with the frames it spans; 0 turns it off); its
+occlusion probability is max(o_s, O_{s→t}). A candidate is visible when that probability is below the
+threshold and it lies in the frame.
 
 Per frame, the visible candidates are combined: outliers (farther than a radius from the least-σ
 visible candidate) are dropped and the rest merged by inverse variance with correlation ρ
@@ -100,7 +102,7 @@ def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok, gate=None):
 
 
 def _step(bank, est, t, groups, mode, replace_smaller, anchored_only, threshold, fusion, radius, h, w, obs, gate,
-          candidate_filter):
+          candidate_filter, drift_var):
     """Estimate frame ``t`` of the queries in ``groups`` = [(s, query indices)] from their estimates at s.
 
     ``mode`` 'set' writes the estimates; 'replace' only replaces an occluded estimate with a visible one
@@ -124,7 +126,8 @@ def _step(bank, est, t, groups, mode, replace_smaller, anchored_only, threshold,
     cand_ok = torch.zeros(N, G, dtype=torch.bool)
     for g, (s, idx) in enumerate(groups):
         m = idx.numel()
-        cxy, cvar = chain_gaussian(pts[g, :m], est.var[idx, s], samp[g, :m, :2], samp[g, :m, 3])
+        link_var = samp[g, :m, 3] + drift_var * abs(t - s)
+        cxy, cvar = chain_gaussian(pts[g, :m], est.var[idx, s], samp[g, :m, :2], link_var)
         cand_xy[idx, g], cand_var[idx, g] = cxy, cvar
         cand_occ[idx, g] = torch.maximum(est.occ[idx, s], samp[g, :m, 2])
         inside = (cxy[:, 0] >= -0.5) & (cxy[:, 0] <= w - 0.5) & (cxy[:, 1] >= -0.5) & (cxy[:, 1] <= h - 0.5)
@@ -207,7 +210,8 @@ def flow_schedule(num_frames, tq, intervals, use_inf, fusion):
 
 
 def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_var, fusion=None, radius=10.0,
-              observations=None, progress=False, gate=None, candidate_filter=None, segment="integration"):
+              observations=None, progress=False, gate=None, candidate_filter=None, segment="integration",
+              drift_var=0.0):
     """Track queries through a flow bank. ``q_xy`` [N, 2] working px (pixel-centre), ``tq`` [N] query frames.
 
     ``bank``: anything with ``working_hw`` and ``sample(pairs, points)`` (flow.bank.FlowBank.sample); the
@@ -218,6 +222,7 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
     ``candidate_filter``: None or ``f(t, idx [M], xy [M, K, 2], occ [M, K], ok [M, K]) -> occ [M, K]``, called
     between sampling a frame's candidates and combining them (the filters hook): it returns the candidates'
     occlusion probabilities with those it rejects set to 1, so they take no part in selection or merging.
+    ``drift_var``: the chaining's process noise q (working px² per frame; module docstring).
     Returns an :class:`Estimates`.
     """
     T, (h, w) = num_frames, bank.working_hw
@@ -226,7 +231,7 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
     est = Estimates(N, T)
     est.set(torch.arange(N), tq_t, torch.as_tensor(q_xy, dtype=torch.float32), query_var, 0.0, True)
     common = dict(threshold=threshold, fusion=fusion, radius=radius, h=h, w=w, obs=observations, gate=gate,
-                  candidate_filter=candidate_filter)
+                  candidate_filter=candidate_filter, drift_var=float(drift_var))
     replace_smaller = fusion is not None and fusion.backward_replace_smaller_sigma
     if hasattr(bank, "begin"):
         bank.begin(segment)

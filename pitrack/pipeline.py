@@ -245,7 +245,8 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
     intervals, use_inf = cfg.parsed_intervals()                                        # 4
     est = integrate(bank, T, q_xy, tq, intervals, use_inf, cfg.occlusion_threshold, cfg.query_sigma ** 2, fusion,
                     float(scale_sigma(fusion.outlier_radius, (H, W), hw)), observations, ctx.progress,
-                    float(scale_sigma(fusion.observation_gate, (H, W), hw)), hook if hook else None, segment)
+                    float(scale_sigma(fusion.observation_gate, (H, W), hw)), hook if hook else None, segment,
+                    cfg.drift_var)
 
     similarity = None                                                                  # 5
     if config.visibility.appearance:

@@ -128,3 +128,19 @@ def test_mft_tracks_known_motion_and_reuses_its_cache(synthetic_clip):
     assert again.stats["flow_pairs_computed"] == 0 and again.stats["flow_pairs_loaded"] > 0
     assert np.array_equal(r1.tracks, r.tracks) and np.array_equal(r1.visible, r.visible)
     assert np.array_equal(r2.tracks, r.tracks) and np.array_equal(r2.visible, r.visible)
+
+
+def test_process_noise_grows_the_variance_with_the_frames_spanned():
+    """drift_var q adds q·Δ to each link of Δ frames: from the query frame (Δ = ∞, the least σ² here) frame t
+    gets 0.25 + 0.1 + q·t; a chain of Δ = 1 links alone gets 0.25 + t·(0.1 + q)."""
+    bank = AnalyticBank(10, (40, 50), translate([1.5, -0.5]))
+    t = np.arange(1, 10)
+    est = integrate(bank, bank.T, np.array([[10.0, 30.0]], np.float32), np.array([0]), [1, 2, 4, 8], True, 0.5, 0.25,
+                    None, drift_var=0.3)
+    assert np.allclose(est.var[0, 1:].numpy(), 0.35 + 0.3 * t)
+    est = integrate(bank, bank.T, np.array([[10.0, 30.0]], np.float32), np.array([0]), [1], False, 0.5, 0.25,
+                    None, drift_var=0.3)
+    assert np.allclose(est.var[0, 1:].numpy(), 0.25 + 0.4 * t)
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError, match="drift_var"):
+        default_section("chain", drift_var=-1.0)

@@ -10,8 +10,8 @@ import torch
 
 from core.errors import ConfigError, WeightsError
 from eval.synthetic import smooth_texture
-from flow.learned_uncertainty import (LearnedUncertainty, MapGeometry, UncertaintyHead, dis_head_inputs, load_head,
-                                      make_head, save_head, upsample_to)
+from flow.learned_uncertainty import (FB_PRIOR_LOGIT, LearnedUncertainty, MapGeometry, UncertaintyHead, dis_head_inputs,
+                                      fb_prior, load_head, make_head, save_head, upsample_to)
 from pitrack.config import default_section
 from synthetic.layers import SceneConfig, TexturePool, sample_pair
 
@@ -191,6 +191,42 @@ def test_bank_samples_the_learned_maps(tmp_path):
     assert fb.uncertainty_id != bank.uncertainty_id
     with pytest.raises(ConfigError, match="unknown flow.uncertainty"):
         FlowBank(video, dataclasses.replace(cfg, uncertainty="magic"), None, progress=False)
+
+
+def test_fb_prior_by_hand():
+    """r² = 4, no motion: τ² = 1, x = 2, p = 1 − e⁻² so logit = log((1 − e⁻²) / e⁻²) = log(e² − 1) = 1.8546, and
+    α = log(0.25 + 0.25·4) = log 1.25; motion² 100 doubles τ²: x = 1, logit log(e − 1) = 0.5413; a residual of
+    10 px saturates at the clamp."""
+    logit, alpha = fb_prior(torch.tensor([4.0, 4.0, 100.0]), torch.tensor([0.0, 100.0, 0.0]))
+    assert logit.tolist() == pytest.approx([np.log(np.e ** 2 - 1), np.log(np.e - 1), FB_PRIOR_LOGIT], abs=1e-4)
+    assert alpha[0].item() == pytest.approx(np.log(1.25), abs=1e-6)
+
+
+def test_a_fresh_prior_head_is_the_forward_backward_formulas(tmp_path):
+    """A head with the FB prior starts with a zero last layer: through the flow bank its occlusion and variance at
+    points are the formulas' (occlusion up to the ±8 logit clamp); a head with an unknown prior is refused."""
+    from flow.bank import FlowBank
+    head = make_head("dis", 8, prior="fb")
+    path = str(tmp_path / "prior.pt")
+    save_head(path, head, "dis", {})
+    d = sample_pair(_pool(), 7, size_hw=(48, 64), gap=3, config=SceneConfig())
+    video = np.stack([d["frame1"], d["frame2"]])
+    cfg = default_section("flow", backend="dis", dis_preset="ultrafast", uncertainty="learned",
+                          uncertainty_weights=path, cache="off")
+    ys, xs = torch.meshgrid(torch.arange(0.5, 48, 2.5), torch.arange(0.5, 64, 2.5), indexing="ij")
+    pts = torch.stack([xs.flatten(), ys.flatten()], -1)[None]
+    got = FlowBank(video, cfg, None, progress=False).sample([(0, 1)], pts)[0]
+    fb = FlowBank(video, dataclasses.replace(cfg, uncertainty="fb"), None, progress=False).sample([(0, 1)], pts)[0]
+    assert torch.allclose(got[:, :2], fb[:, :2])
+    assert torch.allclose(got[:, 3], fb[:, 3], rtol=1e-4)
+    mid = (fb[:, 2] > 1e-3) & (fb[:, 2] < 0.999)
+    assert mid.sum() > 5 and torch.allclose(got[mid, 2], fb[mid, 2], atol=1e-4)
+    assert torch.allclose(got[:, 2], fb[:, 2], atol=4e-4)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["prior"] = "magic"
+    torch.save(ckpt, str(tmp_path / "bad.pt"))
+    with pytest.raises(WeightsError, match="unknown prior 'magic'"):
+        load_head(str(tmp_path / "bad.pt"), "dis")
 
 
 def test_training_cli_refuses_bad_input_before_work(tmp_path):

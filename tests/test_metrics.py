@@ -281,3 +281,21 @@ def test_keypoint_quality_counts():
     assert q["kp_median_error"] == 3.0 and q["kp_within_4"] == pytest.approx(2 / 3)
     assert q["conflicts"] == 1 and q["conflict_kp_closer"] == 0.0 and q["conflict_obs_not_gt_visible"] == 1
     assert q["redetections"] == 1 and q["redetection_gt_visible"] == 1.0 and q["redetection_kp_median_error"] == 3.0
+
+
+def test_fit_drift_by_hand():
+    """σ = 0, d = 1, every e² = 8 ln 2: median(e²/q) = 2 ln 2 at q = 4. σ = 1, d = 2, e² = 14 ln 2: (1 + 2q) = 7 at
+    q = 3. An already large σ gets 0; the held-out report fits one half of the videos and scores the other."""
+    from eval.calibration import drift_report, fit_drift
+    ln2 = np.log(2.0)
+    assert fit_drift(np.zeros(5), np.full(5, np.sqrt(8 * ln2)), np.ones(5)) == pytest.approx(4.0, rel=1e-6)
+    assert fit_drift(np.ones(4), np.full(4, np.sqrt(14 * ln2)), np.full(4, 2)) == pytest.approx(3.0, rel=1e-6)
+    assert fit_drift(np.full(3, 10.0), np.ones(3), np.ones(3)) == 0.0
+    err = np.concatenate([np.full(4, np.sqrt(8 * ln2)), np.full(4, np.sqrt(16 * ln2))])
+    rep = drift_report(np.zeros(8), err, np.ones(8), np.full(8, 0.5), np.repeat([0, 1], 4))
+    # d counts in original px (0.5 raster px each, d = 0.25): all eight, the median e² is 12 ln 2, so q = 24;
+    # fitted on video 1 (e² = 16 ln 2) q = 32, σ' = √8 covers video 0's e = √(8 ln 2); fitted on video 0, q = 16
+    # and σ' = 2 misses video 1's e = √(16 ln 2)
+    assert rep["drift_var"] == pytest.approx(24.0, rel=1e-6)
+    assert [h["drift_var"] for h in rep["held_out"]] == pytest.approx([32.0, 16.0], rel=1e-6)
+    assert [h["within_1sigma"] for h in rep["held_out"]] == [1.0, 0.0]
