@@ -32,6 +32,20 @@ def from_center(xy):
     return np.asarray(xy, dtype=np.float32) + 0.5
 
 
+def outside_frame(x, y, hw):
+    """Whether pixel-centre positions (x, y) (numpy or torch, any equal shapes) lie outside a frame of size
+    ``hw`` = (h, w), which spans [-0.5, w - 0.5] × [-0.5, h - 0.5] in that convention (NaN counts as inside)."""
+    h, w = hw
+    return (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
+
+
+def inside_frame(x, y, hw):
+    """Whether pixel-centre positions (x, y) lie inside a frame of size ``hw`` = (h, w), borders included
+    (NaN counts as outside)."""
+    h, w = hw
+    return (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+
+
 def scale_sigma(sigma, from_hw, to_hw):
     """Isotropic σ from one frame size to another, by the geometric mean of the two axis scales."""
     s = np.sqrt((to_hw[1] / from_hw[1]) * (to_hw[0] / from_hw[0]))

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from flow.config import FlowConfig
 from flow.occlusion import FBUncertainty
 from core.atomic import cache_unreadable, cache_write, discard_cache_file
-from core.coords import parse_resolution
+from core.coords import outside_frame, parse_resolution
 from core.paths import folder_mb
 from core.images import ResizedFrames
 from core.errors import ConfigError, InputError
@@ -405,7 +405,7 @@ class FlowBank:
             d_ab = sample_fields(fab, pts)
             q = pts + d_ab
             d_ba = sample_fields(fba, q)
-            outside = ((q[..., 0] < -0.5) | (q[..., 0] > w - 0.5) | (q[..., 1] < -0.5) | (q[..., 1] > h - 0.5)).numpy()
+            outside = outside_frame(q[..., 0], q[..., 1], (h, w)).numpy()
             if self._map_shape:
                 maps = torch.from_numpy(np.stack([self._fields(*pairs[g])[2] for g in rows]))
                 occ, var = self._uncertainty.at_points(maps, pts, outside, d_ab, d_ba)

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.coords import outside_frame
 from core.errors import ConfigError, WeightsError
 from core.paths import file_sha256
 from core.sampling import sample_fields
@@ -56,14 +57,16 @@ FB_PRIOR_LOGIT = 8.0                  # the prior's occlusion logit is clamped t
 
 
 def fb_prior(r2, motion2):
-    """The forward–backward formulas (flow/occlusion.py, default parameters τ0 = 1, α = 0.01, σ0² = k = 0.25)
-    as a head's prior, from the squared FB residual ``r2`` = r² and ``motion2`` = ‖F_ab(p)‖² + ‖F_ba(q)‖²
-    (torch tensors, px²): occlusion logit log(p / (1 − p)) of p = 1 − exp(−x), x = r² / (2τ²),
-    τ² = 1 + 0.01·motion2 (= log(1 − e^−x) + x, clamped to ±FB_PRIOR_LOGIT), and α = log(0.25 + 0.25·r²).
-    Returns (logit, α)."""
-    x = (r2 / (2.0 * (1.0 + 0.01 * motion2))).clamp_min(1e-6)
+    """The forward–backward formulas (flow/occlusion.py, FBUncertainty's default parameters τ0 = 1, α = 0.01,
+    σ0² = k = 0.25) as a head's prior, from the squared FB residual ``r2`` = r² and ``motion2`` =
+    ‖F_ab(p)‖² + ‖F_ba(q)‖² (torch tensors, px²): occlusion logit log(p / (1 − p)) of p = 1 − exp(−x),
+    x = r² / (2τ²), τ² = τ0² + α·motion2 (= log(1 − e^−x) + x, clamped to ±FB_PRIOR_LOGIT), and
+    α = log(σ0² + k·r²) (the variance cap is left to the integrator). Returns (logit, α)."""
+    from flow.occlusion import FBUncertainty
+    p = FBUncertainty().params
+    x = (r2 / (2.0 * (p["tau"] ** 2 + p["alpha"] * motion2))).clamp_min(1e-6)
     logit = (torch.log(-torch.expm1(-x)) + x).clamp(-FB_PRIOR_LOGIT, FB_PRIOR_LOGIT)
-    return logit, torch.log(0.25 + 0.25 * r2)
+    return logit, torch.log(p["var_floor"] + p["var_gain"] * r2)
 
 
 def fb_prior_maps(flow_ab, flow_ba):
@@ -145,7 +148,7 @@ def dis_head_inputs(frames_a, frames_b, flow_ab, flow_ba):
     residual = fab + back
     q = 2 * pixel_grid(hh, ww).T.reshape(2, hh, ww) + 0.5 + fab          # pooled cell centres in working px, moved
     qx, qy = q[:, 0], q[:, 1]
-    outside = ((qx < -0.5) | (qx > w - 0.5) | (qy < -0.5) | (qy > h - 0.5)).float()[:, None]
+    outside = outside_frame(qx, qy, (h, w)).float()[:, None]
     return torch.cat([ia, warped_b, (ia - warped_b).abs().mean(1, keepdim=True), fab / 16.0, residual / 4.0,
                       torch.log1p(residual.norm(dim=1, keepdim=True)), torch.log1p(fab.norm(dim=1, keepdim=True)),
                       outside], 1)

@@ -33,6 +33,7 @@ and keeps every variance positive. The cap keeps it finite for points that left 
 """
 import numpy as np
 
+from core.coords import outside_frame
 from core.errors import ConfigError
 
 
@@ -75,7 +76,7 @@ def fb_residual(flow_ab, flow_ba):
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     qx = gx + flow_ab[0]
     qy = gy + flow_ab[1]
-    outside = (qx < -0.5) | (qx > w - 0.5) | (qy < -0.5) | (qy > h - 0.5) | ~np.isfinite(qx + qy)
+    outside = outside_frame(qx, qy, (h, w)) | ~np.isfinite(qx + qy)
     back = bilinear_sample(flow_ba, qx, qy)
     d = flow_ab + back
     r = np.sqrt(d[0] * d[0] + d[1] * d[1]).astype(np.float32)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.coords import parse_frame_size
+from core.coords import outside_frame, parse_frame_size
 from core.errors import InputError, PitrackError
 from eval.calibration import occlusion_scores, spearman
 from flow.learned_uncertainty import (LOG_VAR_RANGE, PACKAGED, PRIORS, WEIGHTS_DIR, MapGeometry, add_prior,
@@ -103,7 +103,7 @@ def full_outputs(head, x, est, geometry, device="cpu"):
         out = add_prior(out, fb_prior_maps(est, est[np.arange(len(est)) ^ 1]))
     h, w = est.shape[-2:]
     q = pixel_grid(h, w).T.reshape(1, 2, h, w) + est
-    outside = ((q[:, 0] < -0.5) | (q[:, 0] > w - 0.5) | (q[:, 1] < -0.5) | (q[:, 1] > h - 0.5))[:, None]
+    outside = outside_frame(q[:, 0], q[:, 1], (h, w))[:, None]
     return torch.where(outside, torch.tensor([OUTSIDE_LOGIT, LOG_VAR_RANGE[1]]).reshape(1, 2, 1, 1), out)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.coords import inside_frame
 from fusion.gaussian import chain_gaussian, least_sigma_index, merge_gaussians, reject_outliers
 
 
@@ -130,7 +131,7 @@ def _step(bank, est, t, groups, mode, replace_smaller, anchored_only, threshold,
         cxy, cvar = chain_gaussian(pts[g, :m], est.var[idx, s], samp[g, :m, :2], link_var)
         cand_xy[idx, g], cand_var[idx, g] = cxy, cvar
         cand_occ[idx, g] = torch.maximum(est.occ[idx, s], samp[g, :m, 2])
-        inside = (cxy[:, 0] >= -0.5) & (cxy[:, 0] <= w - 0.5) & (cxy[:, 1] >= -0.5) & (cxy[:, 1] <= h - 0.5)
+        inside = inside_frame(cxy[:, 0], cxy[:, 1], (h, w))
         cand_ok[idx, g] = inside & torch.isfinite(cvar)
     a = torch.unique(torch.cat([idx for _, idx in groups]))
     c_occ = cand_occ[a]

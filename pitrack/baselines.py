@@ -2,7 +2,7 @@
 import numpy as np
 from tqdm import tqdm
 
-from core.coords import parse_resolution, scale_sigma, scale_xy, to_center, from_center
+from core.coords import inside_frame, parse_resolution, scale_sigma, scale_xy, to_center, from_center
 
 
 def track_static(video, queries, config, ctx):
@@ -41,7 +41,7 @@ def _lk_step(g0, g1, pts, cfg, hw):
     fb = np.linalg.norm(pb - pts, axis=1)
     moved = (st1.ravel() == 1) & (st2.ravel() == 1) & np.all(np.isfinite(p1), axis=1)
     h, w = hw
-    inside = (p1[:, 0] >= -0.5) & (p1[:, 0] <= w - 0.5) & (p1[:, 1] >= -0.5) & (p1[:, 1] <= h - 0.5)
+    inside = inside_frame(p1[:, 0], p1[:, 1], (h, w))
     ok = moved & (fb < cfg.fb_threshold) & inside
     return np.where(moved[:, None], p1, pts), moved, ok, np.where(moved, fb, np.inf)
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from core.coords import scale_sigma
+from core.coords import inside_frame, scale_sigma
 
 
 class Trajectories:
@@ -183,7 +183,7 @@ def flow_trajectories(bank, cfg, original_hw=None):
                 n = t + d
                 s = bank.sample([(t, n)], pos[None])[0]
                 pos = pos + s[:, :2]
-                inside = (pos[:, 0] >= -0.5) & (pos[:, 0] <= w - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= h - 0.5)
+                inside = inside_frame(pos[:, 0], pos[:, 1], (h, w))
                 alive &= (s[:, 2] < thr) & inside
                 xy[:, n - w0] = pos
                 if n in checks:
