@@ -10,7 +10,7 @@ export PITRACK_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 DEMO_CONFIG ?= configs/default.yaml
 DEMO   ?= demo_out
 
-.PHONY: install demo test clean-demo uncertainty-weights uncertainty-weights-raft
+.PHONY: install demo test clean-demo uncertainty-weights uncertainty-weights-raft refiner-weights
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ uncertainty-weights: $(STAMP)
 
 uncertainty-weights-raft: $(STAMP)
 	$(PY) -m flow.train_uncertainty --backend raft_small --minutes 30 --seed 0 --size 256x448
+
+# The PIPs-style track refiner (fusion/weights/refiner.pt), trained on synthetic layered videos cut from
+# ../shared/data/videos (needs raft-small.pth for its frozen encoder): 40 minutes on 2 CPU cores.
+refiner-weights: $(STAMP)
+	$(PY) -m fusion.train_refiner --minutes 40 --seed 0
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -61,3 +61,23 @@ class VisibilityConfig:
     appearance: bool              # also require the appearance: similarity to the query's template
     similarity_threshold: float   # τ: absolute floor of that cosine similarity (filters.similarity.source features)
     relative_threshold: float     # r: ... and at least r times the point's median similarity while flow-visible
+
+
+@dataclasses.dataclass
+class RefinerConfig:
+    """The PIPs-style track refiner run on the integrator's tracks (YAML section ``refiner``, fusion/refiner.py)."""
+    enabled: bool
+    weights: str          # refiner file; empty: the packaged fusion/weights/refiner.pt
+    encoder_weights: str  # RAFT-small checkpoint of the frozen encoder; empty: $PITRACK_WEIGHTS/raft-small.pth
+    resolution: str       # feature image of that encoder (stride 8)
+    window: int           # S: frames per window; windows from the query frame overlap by one
+    iterations: int       # updates per window
+    visibility: str       # refiner (its own head) | input (the integrator's) | both (visible where both say so)
+
+    def __post_init__(self):
+        from core.errors import ConfigError
+        if self.visibility not in ("refiner", "input", "both"):
+            raise ConfigError(f"refiner.visibility must be refiner, input or both, got {self.visibility!r}")
+        if int(self.window) < 2 or int(self.iterations) < 1:
+            raise ConfigError(f"refiner.window must be >= 2 and refiner.iterations >= 1, got {self.window} and "
+                              f"{self.iterations}")

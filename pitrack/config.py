@@ -18,7 +18,7 @@ from core.errors import ConfigError
 from features.config import FeatureConfig
 from filters.config import FilterConfig
 from flow.config import FlowConfig
-from fusion.config import ChainConfig, FusionConfig, VisibilityConfig
+from fusion.config import ChainConfig, FusionConfig, RefinerConfig, VisibilityConfig
 from tto.config import TTOConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -45,6 +45,7 @@ class Config:
     filters: FilterConfig
     fusion: FusionConfig
     visibility: VisibilityConfig
+    refiner: RefinerConfig
     klt: KLTConfig
     name: str = ""                # set from the file name when loaded from YAML
 

@@ -11,7 +11,9 @@
       │                                     similarity to each query's template
       ├─ 4. integration          fusion/    forward and backward passes, candidates filtered, outliers
       │                                     removed, inverse-variance merge, observations fused, sweep
-      └─ 5. visibility           fusion/    flow visibility and appearance (similarity along the track)
+      ├─ 5. visibility           fusion/    flow visibility and appearance (similarity along the track)
+      └─ 6. refiner (optional)   fusion/    a PIPs-style network re-estimates each track window by window
+                                            from frozen RAFT-small encoder features, with visibility and σ
       │
     tracks, visible, σ
 
@@ -149,8 +151,44 @@ def query_chunks(num_queries, num_frames, chain):
     return [slice(i, min(i + n, num_queries)) for i in range(0, num_queries, n)]
 
 
+def load_track_refiner(config):
+    """The refiner's weights (checked before any long work), or None when ``refiner.enabled`` is off."""
+    if not config.refiner.enabled:
+        return None
+    from fusion.refiner import load_refiner
+    return load_refiner(config.refiner.weights)[0]
+
+
+def refiner_features(video, config, ctx):
+    """Stage 6a: the frozen RAFT-small encoder features the refiner reads (cached): (float16 [T, 128, gh, gw],
+    their FeatureGrid)."""
+    import dataclasses
+    from features.cache import video_features
+    rcfg = config.refiner
+    fcfg = dataclasses.replace(config.features, backbone="raft_small", resolution=rcfg.resolution,
+                               weights=rcfg.encoder_weights, aggregation_weights="", random_init=False)
+    fs = video_features(video, fcfg, _cache(ctx), ctx.progress, seed=config.seed)
+    ctx.stats.update({f"refiner_{k}": v for k, v in fs.stats.items()})
+    return fs.feats, fs.grid
+
+
+def refined(refiner, est_xy, est_var, visible, tq, hw, rcfg, ctx):
+    """Stage 6b: the refiner on tracks (working px [n, T, 2], variance px² [n, T], visible [n, T]) -> refined
+    (xy, variance, visible), working px; visibility per ``refiner.visibility``."""
+    from fusion.refiner import refine_tracks
+    model, feats, grid = refiner
+    t0 = time.perf_counter()
+    cell = grid.cell_size_in(hw)
+    uv, vis, var, windows = refine_tracks(model, feats, grid.from_working(est_xy, hw), est_var / cell ** 2,
+                                          visible, torch.as_tensor(tq, dtype=torch.long), int(rcfg.window),
+                                          int(rcfg.iterations))
+    vis = {"refiner": vis, "input": visible, "both": vis & visible}[rcfg.visibility]
+    add_stats(ctx.stats, dict(refiner_windows=windows, refiner_s=time.perf_counter() - t0))
+    return grid.to_working(uv, hw), var * cell ** 2, vis
+
+
 def track_pitrack(video, queries, config, ctx):
-    """Tracker backend 'pitrack': stages 1-5 above. ``video`` uint8 [T, H, W, 3], ``queries`` float32 [N, 3]
+    """Tracker backend 'pitrack': stages 1-6 above. ``video`` uint8 [T, H, W, 3], ``queries`` float32 [N, 3]
     (t, x, y original px) -> tracks [N, T, 2] original px, visible [N, T], σ [N, T] original px.
     Stages 1-2 run once per video; stages 2b-5 once per chunk of queries (:func:`query_chunks`), so
     memory is bounded for any number of queries (dense tracking)."""
@@ -158,6 +196,7 @@ def track_pitrack(video, queries, config, ctx):
     N = queries.shape[0]
     chunks = query_chunks(N, T, config.chain)
     fcfg = config.filters
+    refiner = load_track_refiner(config)
 
     bank = flow_bank(video, queries, config, ctx, chunks)                              # 1
     hw = bank.working_hw
@@ -172,6 +211,8 @@ def track_pitrack(video, queries, config, ctx):
             to_grid = lambda xy: grid.from_working(xy, hw)  # noqa: E731 - working px -> feature grid
     ctx.stats["keypoints_stage_s"] = time.perf_counter() - t0
     ctx.stats["peak_rss_mb_keypoints"] = peak_rss_mb()
+    if refiner is not None:                                                            # 6a
+        refiner = (refiner,) + refiner_features(video, config, ctx)
 
     tracks = np.zeros((N, T, 2), np.float32)
     visible = np.zeros((N, T), bool)
@@ -180,7 +221,7 @@ def track_pitrack(video, queries, config, ctx):
     for k, sl in enumerate(chunks):
         q = queries[sl]
         out = track_chunk(video, q, bank, model, tto_maps, fgrid, maps, to_grid, config, ctx,
-                          segment=f"integration {k}", keep_extras=len(chunks) == 1)
+                          segment=f"integration {k}", keep_extras=len(chunks) == 1, refiner=refiner)
         tracks[sl], visible[sl], sigma[sl] = out[:3]
         reports.append((sl.start, out[3]))
     ctx.stats.update(bank.stats)
@@ -204,9 +245,11 @@ def merged_reports(reports):
     return {name: {k: np.concatenate([r[k] for r in rs]) for k in rs[0]} for name, rs in out.items()}
 
 
-def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, config, ctx, segment, keep_extras):
-    """Stages 2b-5 for one chunk of queries [n, 3]: keypoint observations, candidate filters, integration
-    (reading the bank's planned segment ``segment``), visibility. Returns (tracks [n, T, 2], visible [n, T],
+def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, config, ctx, segment, keep_extras,
+                refiner=None):
+    """Stages 2b-6 for one chunk of queries [n, 3]: keypoint observations, candidate filters, integration
+    (reading the bank's planned segment ``segment``), visibility, and the refiner when ``refiner`` = (model,
+    features, grid). Returns (tracks [n, T, 2], visible [n, T],
     σ [n, T]) in original px and the filters' report; with ``keep_extras`` also fills ``ctx.extras``."""
     from filters.candidates import CandidateFilters
     from filters.masks import MaskFilter
@@ -253,6 +296,9 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
         similarity = trajectory_similarity(maps, to_grid, templates, est.xy)
     visible = combined_visibility(est.vis, similarity, config.visibility.similarity_threshold,
                                  config.visibility.relative_threshold, tq)
+    xy, var = est.xy, est.var
+    if refiner is not None:                                                            # 6b
+        xy, var, visible = refined(refiner, xy, var, visible, tq, hw, config.refiner, ctx)
 
     def to_original(xy):
         return scale_xy(from_center(np.asarray(xy)), hw, (H, W))
@@ -267,8 +313,8 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
                                            sigma=scale_sigma(np.sqrt(observations[1].numpy()), hw, (H, W)))
         if masks is not None:
             ctx.extras["masks"] = masks
-    tracks = to_original(est.xy.numpy())
-    sigma = scale_sigma(np.sqrt(est.var.numpy()), hw, (H, W))
+    tracks = to_original(xy.numpy())
+    sigma = scale_sigma(np.sqrt(var.numpy()), hw, (H, W))
     return tracks, visible.numpy(), sigma, hook.report(to_original)
 
 
