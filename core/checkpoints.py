@@ -16,3 +16,14 @@ def check_fits(state, target, what, hint=""):
     if missing:
         raise WeightsError(f"{what}: {len(missing)} model tensors missing, first '{missing[0]}' "
                            f"(shape {tuple(target[missing[0]].shape)}){hint}")
+
+
+def load_strictly(model, state, what):
+    """Load ``state`` into ``model`` after :func:`check_fits` and a check that every value is finite; a
+    failure is one WeightsError naming ``what``."""
+    import torch
+    check_fits(state, model.state_dict(), what)
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise WeightsError(f"{what}: holds non-finite weights")
+    model.load_state_dict(state, strict=True)
+    return model

@@ -218,7 +218,7 @@ def save_head(path, head, backend, meta):
 def load_head(path, backend):
     """(head, meta) from ``path``, checked: format, backend, tensor names and shapes, finite values.
     Anything else is refused with one WeightsError line."""
-    from core.checkpoints import check_fits
+    from core.checkpoints import load_strictly
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -238,11 +238,7 @@ def load_head(path, backend):
         raise WeightsError(f"learned flow uncertainty: {path} has an unknown prior '{ckpt.get('prior')}'")
     head = make_head(backend, int(ckpt.get("channels", HEAD_CHANNELS[backend])), ckpt.get("in_channels"),
                      ckpt.get("prior", "none"))
-    state = ckpt["state_dict"]
-    check_fits(state, head.state_dict(), f"learned flow uncertainty {path}")
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        raise WeightsError(f"learned flow uncertainty: {path} holds non-finite weights")
-    head.load_state_dict(state, strict=True)
+    load_strictly(head, ckpt["state_dict"], f"learned flow uncertainty {path}")
     return head.eval(), dict(ckpt.get("meta", {}))
 
 

@@ -248,7 +248,7 @@ def save_refiner(path, model, meta):
 def load_refiner(path=""):
     """(model, meta) from ``path`` (empty: the packaged fusion/weights/refiner.pt), checked: format,
     architecture, tensor names and shapes, finite values; anything else is refused with one WeightsError."""
-    from core.checkpoints import check_fits
+    from core.checkpoints import load_strictly
     path = path or os.path.join(WEIGHTS_DIR, PACKAGED)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -264,9 +264,5 @@ def load_refiner(path=""):
         model = TrackRefiner(**arch)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"track refiner: {path} has an unusable architecture {arch!r} ({e})") from None
-    state = ckpt["state_dict"]
-    check_fits(state, model.state_dict(), f"track refiner {path}")
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        raise WeightsError(f"track refiner: {path} holds non-finite weights")
-    model.load_state_dict(state, strict=True)
+    load_strictly(model, ckpt["state_dict"], f"track refiner {path}")
     return model.eval(), dict(ckpt.get("meta", {}))
