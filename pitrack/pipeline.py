@@ -52,10 +52,11 @@ def flow_bank(video, queries, config, ctx, chunks=None):
     return bank
 
 
-def per_video_model(video, bank, config, ctx):
+def per_video_model(video, bank, config, ctx, keep_features=False):
     """Stage 2a: backbone features and the per-video model (optimised when ``tto.enabled``);
-    returns (features without their tensors, model, refined maps float16 [T, C, gh, gw]). The backbone
-    features and feature images are let go once the refined maps exist: every later stage reads the maps."""
+    returns (features, model, refined maps float16 [T, C, gh, gw]). The backbone features and feature
+    images are let go once the refined maps exist (every later stage reads the maps), except the features
+    with ``keep_features`` (the refiner reads the same ones)."""
     from features.cache import video_features
     from tto.keypoints import optimise, refined_video_maps
     fs = video_features(video, config.features, _cache(ctx), ctx.progress, seed=config.seed)
@@ -64,7 +65,7 @@ def per_video_model(video, bank, config, ctx):
     ctx.stats.update(stats)
     maps = refined_video_maps(model, fs, config.tto.threads)
     ctx.stats["refined_map_evals"] = ctx.stats.get("refined_map_evals", 0) + int(maps.shape[0])
-    return fs._replace(feats=None, images=None), model, maps
+    return fs._replace(feats=fs.feats if keep_features else None, images=None), model, maps
 
 
 def _found(filename, explicit=""):
@@ -159,15 +160,21 @@ def load_track_refiner(config):
     return load_refiner(config.refiner.weights)[0]
 
 
-def refiner_features(video, config, ctx):
-    """Stage 6a: the frozen RAFT-small encoder features the refiner reads (cached): (float16 [T, 128, gh, gw],
-    their FeatureGrid)."""
+def refiner_feature_config(config):
+    """The FeatureConfig of the frozen RAFT-small encoder features the refiner reads."""
     import dataclasses
-    from features.cache import video_features
     rcfg = config.refiner
-    fcfg = dataclasses.replace(config.features, backbone="raft_small", resolution=rcfg.resolution,
+    return dataclasses.replace(config.features, backbone="raft_small", resolution=rcfg.resolution,
                                weights=rcfg.encoder_weights, aggregation_weights="", random_init=False)
-    fs = video_features(video, fcfg, _cache(ctx), ctx.progress, seed=config.seed)
+
+
+def refiner_features(video, config, ctx, stage2=None):
+    """Stage 6a: the frozen RAFT-small encoder features the refiner reads: (float16 [T, 128, gh, gw], their
+    FeatureGrid). ``stage2``'s FeatureSet when its features are these (same config), else computed (cached)."""
+    from features.cache import video_features
+    if stage2 is not None and stage2.feats is not None:
+        return stage2.feats, stage2.grid
+    fs = video_features(video, refiner_feature_config(config), _cache(ctx), ctx.progress, seed=config.seed)
     ctx.stats.update({f"refiner_{k}": v for k, v in fs.stats.items()})
     return fs.feats, fs.grid
 
@@ -190,7 +197,7 @@ def refined(refiner, est_xy, est_var, visible, tq, hw, rcfg, ctx):
 def track_pitrack(video, queries, config, ctx):
     """Tracker backend 'pitrack': stages 1-6 above. ``video`` uint8 [T, H, W, 3], ``queries`` float32 [N, 3]
     (t, x, y original px) -> tracks [N, T, 2] original px, visible [N, T], σ [N, T] original px.
-    Stages 1-2 run once per video; stages 2b-5 once per chunk of queries (:func:`query_chunks`), so
+    Stages 1-2 and 6a run once per video; stages 2b-6b once per chunk of queries (:func:`query_chunks`), so
     memory is bounded for any number of queries (dense tracking)."""
     T, H, W = video.shape[:3]
     N = queries.shape[0]
@@ -202,9 +209,10 @@ def track_pitrack(video, queries, config, ctx):
     hw = bank.working_hw
     t0 = time.perf_counter()
     need_features = fcfg.similarity.enabled or config.visibility.appearance
-    model, tto_maps, fgrid, maps, to_grid = None, None, None, None, None
+    fs, model, tto_maps, fgrid, maps, to_grid = None, None, None, None, None, None
     if config.tto.enabled or need_features:                                            # 2
-        fs, model, tto_maps = per_video_model(video, bank, config, ctx)
+        shared = refiner is not None and refiner_feature_config(config) == config.features
+        fs, model, tto_maps = per_video_model(video, bank, config, ctx, keep_features=shared)
         fgrid = fs.grid
         if need_features:
             maps, grid = similarity_features(video, config, ctx, tto_maps, fs.grid)
@@ -212,7 +220,7 @@ def track_pitrack(video, queries, config, ctx):
     ctx.stats["keypoints_stage_s"] = time.perf_counter() - t0
     ctx.stats["peak_rss_mb_keypoints"] = peak_rss_mb()
     if refiner is not None:                                                            # 6a
-        refiner = (refiner,) + refiner_features(video, config, ctx)
+        refiner = (refiner,) + refiner_features(video, config, ctx, fs)
 
     tracks = np.zeros((N, T, 2), np.float32)
     visible = np.zeros((N, T), bool)
