@@ -30,6 +30,7 @@ from torch import nn
 from core.errors import WeightsError
 
 REFINER_FORMAT = 1
+VIS_LOGIT_INPUT = 20.0                         # the logit refine_tracks reports for a visibility it keeps
 LOG_VAR_RANGE = (-8.0, 8.0)                    # log σ² in cells²: σ from 0.02 to 55 cells
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 PACKAGED = "refiner.pt"
@@ -197,7 +198,8 @@ def refine_tracks(model, feats, uv, var, vis, tq, window=16, iterations=4):
       uv: float [N, T, 2] initial tracks (cells); var [N, T] their variance (cells²); vis bool [N, T].
       tq: long [N] query frames; uv[n, tq[n]] is the query position and stays fixed.
     Returns:
-      tracks float [N, T, 2] (cells), visible bool [N, T], variance [N, T] (cells²), windows run.
+      tracks float [N, T, 2] (cells), visibility logit [N, T] (visible where > 0; ±VIS_LOGIT_INPUT where the
+      input's visibility is kept: the query frames), variance [N, T] (cells²), windows run.
     """
     T = feats.shape[0]
     N = uv.shape[0]
@@ -207,7 +209,8 @@ def refine_tracks(model, feats, uv, var, vis, tq, window=16, iterations=4):
     n = torch.arange(N)
     template = WindowFeatures(pyr, tq[:, None], torch.zeros(N, feats.shape[1]), model.radius).features_at(
         uv[n, tq][:, None])[:, 0]
-    out_uv, out_var, out_vis = uv.clone(), var.clone(), vis.clone()
+    out_uv, out_var = uv.clone(), var.clone()
+    out_logit = torch.where(vis, VIS_LOGIT_INPUT, -VIS_LOGIT_INPUT)
     logvar_init = torch.log(var.clamp(min=1e-6))
     windows = 0
     for direction in (1, -1):
@@ -229,13 +232,13 @@ def refine_tracks(model, feats, uv, var, vis, tq, window=16, iterations=4):
             slots = slots + 1
             pts, tt = a[rows], fr[rows, slots]
             out_uv[pts, tt] = tracks[-1][rows, slots]
-            out_vis[pts, tt] = vis_logit[rows, slots] > 0
+            out_logit[pts, tt] = vis_logit[rows, slots]
             out_var[pts, tt] = logvar[rows, slots].exp()
             windows += 1
             start = start + direction * (window - 1)
     out_uv[n, tq] = uv[n, tq]
-    out_vis[n, tq] = True
-    return out_uv, out_vis, out_var, windows
+    out_logit[n, tq] = VIS_LOGIT_INPUT
+    return out_uv, out_logit, out_var, windows
 
 
 def save_refiner(path, model, meta):

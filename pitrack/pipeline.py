@@ -181,17 +181,18 @@ def refiner_features(video, config, ctx, stage2=None):
 
 def refined(refiner, est_xy, est_var, visible, tq, hw, rcfg, ctx):
     """Stage 6b: the refiner on tracks (working px [n, T, 2], variance px² [n, T], visible [n, T]) -> refined
-    (xy, variance, visible), working px; visibility per ``refiner.visibility``."""
+    (xy, variance, visible, visibility logit), working px; visibility per ``refiner.visibility``."""
     from fusion.refiner import refine_tracks
     model, feats, grid = refiner
     t0 = time.perf_counter()
     cell = grid.cell_size_in(hw)
-    uv, vis, var, windows = refine_tracks(model, feats, grid.from_working(est_xy, hw), est_var / cell ** 2,
-                                          visible, torch.as_tensor(tq, dtype=torch.long), int(rcfg.window),
-                                          int(rcfg.iterations))
+    uv, logit, var, windows = refine_tracks(model, feats, grid.from_working(est_xy, hw), est_var / cell ** 2,
+                                            visible, torch.as_tensor(tq, dtype=torch.long), int(rcfg.window),
+                                            int(rcfg.iterations))
+    vis = logit > 0
     vis = {"refiner": vis, "input": visible, "both": vis & visible}[rcfg.visibility]
     add_stats(ctx.stats, dict(refiner_windows=windows, refiner_s=time.perf_counter() - t0))
-    return grid.to_working(uv, hw), var * cell ** 2, vis
+    return grid.to_working(uv, hw), var * cell ** 2, vis, logit
 
 
 def track_pitrack(video, queries, config, ctx):
@@ -304,9 +305,10 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
         similarity = trajectory_similarity(maps, to_grid, templates, est.xy)
     visible = combined_visibility(est.vis, similarity, config.visibility.similarity_threshold,
                                  config.visibility.relative_threshold, tq)
-    xy, var = est.xy, est.var
+    xy, var, refiner_input = est.xy, est.var, None
     if refiner is not None:                                                            # 6b
-        xy, var, visible = refined(refiner, xy, var, visible, tq, hw, config.refiner, ctx)
+        refiner_input = (xy, var, visible)
+        xy, var, visible, vis_logit = refined(refiner, xy, var, visible, tq, hw, config.refiner, ctx)
 
     def to_original(xy):
         return scale_xy(from_center(np.asarray(xy)), hw, (H, W))
@@ -321,6 +323,11 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
                                            sigma=scale_sigma(np.sqrt(observations[1].numpy()), hw, (H, W)))
         if masks is not None:
             ctx.extras["masks"] = masks
+        if refiner_input is not None:
+            ctx.extras["refiner_input"] = dict(tracks=to_original(refiner_input[0].numpy()),
+                                               visible=refiner_input[2].numpy(),
+                                               sigma=scale_sigma(np.sqrt(refiner_input[1].numpy()), hw, (H, W)),
+                                               visibility_logit=vis_logit.numpy())
     tracks = to_original(xy.numpy())
     sigma = scale_sigma(np.sqrt(var.numpy()), hw, (H, W))
     return tracks, visible.numpy(), sigma, hook.report(to_original)

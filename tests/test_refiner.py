@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.refiner import (LOG_VAR_RANGE, TrackRefiner, WindowFeatures, level_coords, load_refiner, pyramid,
-                            refine_tracks, save_refiner, window_slots)
+from fusion.refiner import (LOG_VAR_RANGE, VIS_LOGIT_INPUT, TrackRefiner, WindowFeatures, level_coords, load_refiner,
+                            pyramid, refine_tracks, save_refiner, window_slots)
 
 
 def test_level_coords_by_hand():
@@ -57,7 +57,7 @@ def test_windows_chain_through_a_long_clip():
     # each window's first slot is the previous window's last: the shift accumulates exactly over all windows
     expected = q[:, None] + (t - tq[:, None, None]).abs() * torch.tensor([1.0, 0.5])
     assert torch.allclose(out, expected)
-    assert vis.all()
+    assert (vis > 0).all()
     # forward: ceil(49/7) windows for query 0, ceil(29/7) for query 1; backward: ceil(20/7), ceil(49/7)
     assert windows == max(7, 5, 0) + max(0, 3, 7)
 
@@ -86,7 +86,7 @@ def test_query_position_stays_fixed_and_outputs_are_in_range():
                                      tq, window=6, iterations=3)
     n = torch.arange(N)
     assert torch.equal(out[n, tq], uv[n, tq])
-    assert vis[n, tq].all()
+    assert (vis[n, tq] > 0).all()
     assert (out - uv).abs().amax() > 0.1                          # the rest moved
     assert ((var >= math.exp(LOG_VAR_RANGE[0]) * 0.99) & (var <= math.exp(LOG_VAR_RANGE[1]) * 1.01)).all()
     # inside a window, slot 0 (the query, or the previous window's end) is locked at every iteration
@@ -200,3 +200,17 @@ def test_zero_update_refiner_leaves_the_pipeline_tracks_unchanged(synthetic_clip
     assert np.allclose(plain.tracks, refined.tracks, atol=1e-4)
     assert np.array_equal(plain.visible, refined.visible)
     assert tracker.stats["refiner_windows"] >= 2
+    # the refiner's input is exposed as it was handed over; the zero heads give logit 0 off the query frame
+    given = tracker.extras["refiner_input"]
+    assert np.allclose(given["tracks"], plain.tracks, atol=1e-4) and np.array_equal(given["visible"], plain.visible)
+    assert np.allclose(given["sigma"], plain.sigma, rtol=1e-4)
+    assert (given["visibility_logit"][:, 0] == VIS_LOGIT_INPUT).all() and (given["visibility_logit"][:, 1:] == 0).all()
+
+
+def test_refiner_variants_clamp_and_fuse_by_hand():
+    from eval.refiner_variants import clamped, fused
+    a, b = np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([[3.0, 4.0], [1.5, 1.0]])
+    # a 5 px move is cut to 2 px along its direction; a 0.5 px move stays whole
+    assert np.allclose(clamped(a, b, 2.0), [[1.2, 1.6], [1.5, 1.0]])
+    # σ 2 and 4: weights 1/4 and 1/16, so the mean lies 1/5 of the way to the second position
+    assert np.allclose(fused(a, np.array([2.0, 2.0]), b, np.array([4.0, 4.0])), [[0.6, 0.8], [1.1, 1.0]])
