@@ -89,8 +89,7 @@ def main(argv=None):
             tk(frames, q)
             kp = tk.extras["keypoints"]
             rf = tf(frames, q)
-            scored = evaluation_frames(q[:, 0], v.num_frames, args.mode).copy()
-            scored[np.arange(len(q)), q[:, 0].astype(int)] = False
+            scored = evaluation_frames(q[:, 0], v.num_frames, args.mode)   # never the query frame itself
             to_r = lambda xy: scale_xy(xy, v.size_hw, SCORING_SIZE)  # noqa: E731
             for k, val in (("kp_xy", to_r(kp["xy"])), ("kp_valid", kp["valid"]), ("flow_xy", to_r(rf.tracks)),
                            ("flow_vis", rf.visible), ("gt_xy", to_r(v.points[idx])), ("gt_vis", ~v.occluded[idx]),

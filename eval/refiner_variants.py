@@ -106,8 +106,7 @@ def main(argv=None):
                        visibility_logit=ri["visibility_logit"])
             per_video[v.name] = {name: v.score(scale_xy(xy, SCORING_SIZE, v.size_hw), vis, args.mode)
                                  for name, (xy, vis) in variants(inp, out).items()}
-            scored = evaluation_frames(q[:, 0], v.num_frames, args.mode).copy()
-            scored[np.arange(len(q)), q[:, 0].astype(int)] = False
+            scored = evaluation_frames(q[:, 0], v.num_frames, args.mode)   # never the query frame itself
             m = scored & ~v.occluded[idx]
             gt = to_r(v.points[idx])
             e_in.append(np.linalg.norm(inp["tracks"] - gt, axis=-1)[m])
