@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
 # The first run creates .venv and installs pitrack with its dependencies (torch from the package
-# registry's default wheel, which runs on the CPU; sam2 built from source without CUDA).
+# registry's default wheel, which runs on the CPU; sam2 built from source without CUDA; Ray, an optional extra
+# the tests use).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch torchvision
-	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation -e '.[test,ray]'
 	touch $@
 
 # Demo: render a clip with known motion, track it with run_video.py, score it, write an overlay video.

@@ -6,7 +6,7 @@
     python run_video.py --video V --dense 4 [--query-frame 0] --out dense.npz [--viz dense.mp4]
 
 V: a folder of frames (jpg/png, sorted by name) or a video file. Q.npy: float32 [N, 3] rows (t, x, y),
-frame index and pixel position in the original frames. pred.npz: tracks float32 [N, T, 2] (x, y original
+frame index and pixel position in the original frames (rows (t, y, x), tapnet's order, with --query-order tyx). pred.npz: tracks float32 [N, T, 2] (x, y original
 pixels), visible bool [N, T], sigma float32 [N, T] (px), queries float32 [N, 3]. dense.npz (every S-th
 pixel of frame F, point (i, j) starting at x = S·j + S/2, y = S·i + S/2): tracks float16 [Hs, Ws, T, 2],
 visible bool [Hs, Ws, T], sigma float16 [Hs, Ws, T], query_frame, stride. Bad input: one line, exit 2.
@@ -32,6 +32,8 @@ def parse_args(argv=None):
     src.add_argument("--queries", help="Q.npy, float32 [N, 3] rows (t, x, y) in original pixels")
     src.add_argument("--grid", type=int, help="track a K×K grid of points instead of --queries")
     src.add_argument("--dense", type=int, metavar="S", help="track every S-th pixel of --query-frame (S = 1: all)")
+    p.add_argument("--query-order", choices=["txy", "tyx"], default="txy",
+                   help="column order of --queries: txy (default) or tyx (tapnet's); outputs are always t, x, y")
     p.add_argument("--grid-frame", type=int, default=0, help="frame of the --grid queries (default 0)")
     p.add_argument("--query-frame", type=int, default=0, help="frame of the --dense points (default 0)")
     p.add_argument("--config", default=DEFAULT_CONFIG,
@@ -59,6 +61,8 @@ def main(argv=None):
                 queries = np.load(args.queries, allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise InputError(f"cannot read queries {args.queries}: {e}") from None
+            if args.query_order == "tyx" and queries.ndim == 2 and queries.shape[1] == 3:
+                queries = queries[:, [0, 2, 1]]
         if not args.out.endswith(".npz"):
             raise InputError(f"--out must end in .npz, got {args.out}")
         if args.viz and not args.viz.endswith(".mp4"):

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from eval.datasets import TapVidVideo, list_video_folders, open_video_folder
+from eval.datasets import TapVidVideo, list_videos
 from eval.metrics import evaluation_frames
 from core.coords import SCORING_SIZE, scale_sigma, scale_xy
 from core.errors import InputError, PitrackError
@@ -137,18 +137,18 @@ def main(argv=None):
     try:
         from pitrack import Tracker
         tracker = Tracker.from_config(args.config, progress=False)
-        folders = list_video_folders(args.data, args.videos)
+        refs = list_videos(args.data, args.videos)
         parts = []
-        for folder in folders:
-            video = open_video_folder(folder)
+        for ref in refs:
+            video = ref.open()
             if not isinstance(video, TapVidVideo):
-                raise InputError(f"{folder}: calibration needs TAP-Vid format ground truth")
+                raise InputError(f"{ref.source}: calibration needs TAP-Vid format ground truth")
             q, _ = video.queries(args.mode)
             sig, err, distance, truth_occ, pred_occ = sigma_errors(video, tracker(video.load_frames(), q), args.mode)
             scale = np.full(sig.shape, float(scale_sigma(1.0, video.size_hw, SCORING_SIZE)))
             parts.append((sig, err, distance, truth_occ, pred_occ, scale, np.full(sig.shape, len(parts))))
         sig, err, distance, truth_occ, pred_occ, scale, index = (np.concatenate(v) for v in zip(*parts))
-        out = {"config": tracker.config.name, "mode": args.mode, "videos": len(folders)}
+        out = {"config": tracker.config.name, "mode": args.mode, "videos": len(refs)}
         out.update(summarize(sig, err, truth_occ, pred_occ))
         if args.by_distance:
             out["by_distance"] = by_distance(sig, err, distance)

@@ -2,7 +2,7 @@
 
     python -m eval.compare results/klt-davis32-first results/mft-davis32-first ...
 
-Prints a Markdown table: results folder, config, mode, videos, metrics (%; TAP-Vid: AJ, <δ avg, OA and the error
+Prints a Markdown table: results folder, config, mode (with ``@WxH`` when frames were resized), videos, metrics (%; TAP-Vid: AJ, <δ avg, OA and the error
 shares occ→vis, vis→occ, >16px, each the mean over the videos that have a value), mean seconds per video
 (with flow, per-video optimisation and tracking seconds when the tracker reports them), mean flow-cache MB, max peak MB.
 """
@@ -37,7 +37,8 @@ def compare_table(folders):
         kinds.add(recs[0]["kind"])
         cols = TAPVID_COLUMNS if recs[0]["kind"] == "tapvid" else BADJA_COLUMNS
         mean = lambda key: float(np.mean([r["stats"].get(key, np.nan) for r in recs]))
-        rows.append([os.path.basename(os.path.normpath(folder)), recs[0].get("config") or "–", recs[0]["mode"], str(len(recs))]
+        rows.append([os.path.basename(os.path.normpath(folder)), recs[0].get("config") or "–",
+                     recs[0]["mode"] + (f" @{recs[0]['resize']}" if recs[0].get("resize") else ""), str(len(recs))]
                     + [_fmt(_mean([r["metrics"].get(c) for r in recs]), True) for c, _ in cols]
                     + [_fmt(_mean([r.get("seconds") for r in recs]))]
                     + [("–" if np.isnan(mean(k)) else f"{mean(k):.1f}") for k in ("flow_s", "tto_s", "track_s", "cache_mb")]

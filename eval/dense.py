@@ -19,7 +19,7 @@ from core.atomic import save_json, save_text
 from core.devices import peak_rss_mb
 from core.errors import InputError, PitrackError
 from eval.bench import record_or_run
-from eval.datasets import list_video_folders, open_video_folder
+from eval.datasets import list_videos
 
 
 def sample_dense(dense, xy):
@@ -46,17 +46,19 @@ def sample_dense(dense, xy):
     return (xy[:, None] + disp).astype(np.float32), vis >= 0.5, sig.astype(np.float32)
 
 
-def run_one(config_path, video_dir, kind, stride, query_frame, json_path):
-    """Track (``kind`` 'sparse' or 'dense') and score one video's query-first tracks of ``query_frame``."""
+def run_one(config_path, data, name, kind, stride, query_frame, json_path):
+    """Track (``kind`` 'sparse' or 'dense') and score the query-first tracks of ``query_frame`` of the video
+    ``name`` of ``data``."""
     from pitrack import Tracker, load_config
     config = load_config(config_path)
-    video = open_video_folder(video_dir)
+    (ref,) = list_videos(data, [name])
+    video = ref.open()
     if video.kind != "tapvid":
-        raise InputError(f"{video_dir}: eval.dense needs TAP-Vid ground truth")
+        raise InputError(f"{ref.source}: eval.dense needs TAP-Vid ground truth")
     frames = video.load_frames()
     queries, _ = video.queries("first", query_frame)
     rec = dict(video=video.name, kind=kind, config=config.name, config_fingerprint=config.fingerprint(),
-               stride=int(stride), query_frame=int(query_frame), data=os.path.abspath(video_dir),
+               stride=int(stride), query_frame=int(query_frame), data=ref.source,
                num_queries=int(queries.shape[0]), frame_size=f"{frames.shape[2]}x{frames.shape[1]}")
     tracker = Tracker(config, progress=sys.stderr.isatty())
     if queries.shape[0]:
@@ -107,7 +109,7 @@ def table(pairs, title):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m eval.dense", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
-    p.add_argument("--data", required=True, help="TAP-Vid dataset folder of video folders, or one video folder")
+    p.add_argument("--data", required=True, help="TAP-Vid dataset (any format eval.bench reads)")
     p.add_argument("--stride", type=int, default=4, help="dense stride S")
     p.add_argument("--query-frame", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -115,31 +117,32 @@ def main(argv=None):
     p.add_argument("--fresh", action="store_true", help="recompute videos that already have results")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=["sparse", "dense"], help=argparse.SUPPRESS)
+    p.add_argument("--video", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         if args.stride < 1 or args.query_frame < 0:
             raise InputError("--stride must be >= 1 and --query-frame >= 0")
         if args.worker:
-            name = os.path.basename(os.path.normpath(args.worker))
-            run_one(args.config, args.worker, args.kind, args.stride, args.query_frame,
+            name = args.video
+            run_one(args.config, args.worker, name, args.kind, args.stride, args.query_frame,
                     os.path.join(args.out, f"{name}-{args.kind}.json"))
             return 0
         from pitrack import load_config
         config = load_config(args.config)
-        folders = list_video_folders(args.data, args.videos)
+        refs = list_videos(args.data, args.videos)
         os.makedirs(args.out, exist_ok=True)
         pairs = []
-        for folder in folders:
-            name = os.path.basename(os.path.normpath(folder))
+        for ref in refs:
+            name = ref.name
             recs = []
             for kind in ("sparse", "dense"):
-                cmd = [sys.executable, "-m", "eval.dense", "--config", args.config, "--data", folder,
+                cmd = [sys.executable, "-m", "eval.dense", "--config", args.config, "--data", ref.path,
                        "--stride", str(args.stride), "--query-frame", str(args.query_frame), "--out", args.out,
-                       "--worker", folder, "--kind", kind]
+                       "--worker", ref.path, "--video", name, "--kind", kind]
                 rec = record_or_run(os.path.join(args.out, f"{name}-{kind}.json"),
                                     lambda r: (r.get("config_fingerprint"), r.get("stride"), r.get("query_frame"),
                                                r.get("data")) == (config.fingerprint(), args.stride, args.query_frame,
-                                                                  os.path.abspath(folder)),
+                                                                  ref.source),
                                     cmd, f"video {name} ({kind})", args.fresh)
                 recs.append(rec)
                 if "metrics" in rec:

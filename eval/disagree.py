@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from eval.datasets import list_video_folders, open_video_folder
+from eval.datasets import list_videos
 from eval.metrics import evaluation_frames
 from core.coords import SCORING_SIZE, scale_xy
 from core.errors import PitrackError
@@ -30,8 +30,8 @@ def main(argv=None):
         from pitrack import Tracker
         ta, tb = Tracker.from_config(args.a, progress=False), Tracker.from_config(args.b, progress=False)
         acc = {"a_vis_b_occ": [], "b_vis_a_occ": [], "a_err": [], "b_err": [], "moved_a_closer": []}
-        for folder in list_video_folders(args.data):
-            v = open_video_folder(folder)
+        for ref in list_videos(args.data):
+            v = ref.open()
             q, idx = v.queries(args.mode)
             frames = v.load_frames()
             ra, rb = ta(frames, q), tb(frames, q)

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from eval.datasets import list_video_folders, open_video_folder
+from eval.datasets import list_videos
 from eval.metrics import evaluation_frames
 from core.coords import SCORING_SIZE, scale_xy
 from core.errors import PitrackError
@@ -82,8 +82,8 @@ def main(argv=None):
         if not tk.config.tto.enabled:
             raise PitrackError(f"{args.config} makes no keypoint observations (tto.enabled is false)")
         cols = {k: [] for k in ("kp_xy", "kp_valid", "flow_xy", "flow_vis", "gt_xy", "gt_vis", "scored")}
-        for folder in list_video_folders(args.data, args.videos):
-            v = open_video_folder(folder)
+        for ref in list_videos(args.data, args.videos):
+            v = ref.open()
             q, idx = v.queries(args.mode)
             frames = v.load_frames()
             tk(frames, q)

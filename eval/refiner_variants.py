@@ -26,7 +26,7 @@ import numpy as np
 from core.atomic import save_json
 from core.coords import SCORING_SIZE, scale_sigma, scale_xy
 from core.errors import InputError, PitrackError
-from eval.datasets import list_video_folders, open_video_folder
+from eval.datasets import list_videos
 from eval.metrics import evaluation_frames
 
 CLAMPS = (1.0, 2.0, 4.0, 8.0)
@@ -87,8 +87,7 @@ def main(argv=None):
         tracker = Tracker.from_config(args.config, progress=False)
         if not tracker.config.refiner.enabled:
             raise InputError(f"{args.config}: refiner.enabled is false, there is nothing to compare")
-        folders = list_video_folders(args.data, args.videos)
-        videos = [open_video_folder(f) for f in folders]
+        videos = [ref.open() for ref in list_videos(args.data, args.videos)]
         if any(v.kind != "tapvid" for v in videos):
             raise InputError(f"{args.data}: eval.refiner_variants scores TAP-Vid folders only")
         per_video, e_in, e_ref = {}, [], []

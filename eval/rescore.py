@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from eval.bench import results_title, write_results
-from eval.datasets import list_video_folders, open_video_folder
+from eval.datasets import list_videos
 from eval.score import load_prediction, score_prediction
 from core.atomic import save_json
 from core.errors import InputError, PitrackError
@@ -25,9 +25,10 @@ from core.errors import InputError, PitrackError
 CHECKED = ("AJ", "delta_avg", "OA", "PCK_seg", "PCK_3px")  # metrics a bench JSON must agree on with the prediction
 
 
-def rescore_one(folder, pred_path, mode):
-    """The per-video record (as ``eval.bench`` writes it) of the prediction ``pred_path`` on the video ``folder``."""
-    video = open_video_folder(folder)
+def rescore_one(ref, pred_path, mode):
+    """The per-video record (as ``eval.bench`` writes it) of the prediction ``pred_path`` on the video ``ref``
+    (an eval.datasets.VideoRef)."""
+    video = ref.open()
     pred = load_prediction(pred_path)
     metrics = score_prediction(video, pred, mode)
     kind_mode = mode if video.kind == "tapvid" else "badja"
@@ -49,14 +50,14 @@ def rescore_one(folder, pred_path, mode):
                 raise InputError(f"{bench_json} records {k} = {old['metrics'][k]:.6f} but {pred_path} gives "
                                  f"{metrics[k]:.6f}: they are not from the same run")
         rec.update(old)
-    rec.update(video=video.name, kind=video.kind, mode=kind_mode, data=os.path.abspath(folder),
+    rec.update(video=video.name, kind=video.kind, mode=kind_mode, data=ref.source,
                num_queries=int(np.asarray(pred["tracks"]).shape[0]), num_frames=video.num_frames, metrics=metrics)
     return rec
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m eval.rescore", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="dataset folder of video folders, or one video folder")
+    p.add_argument("--data", required=True, help="the dataset the predictions were made on (any format eval.bench reads)")
     p.add_argument("--preds", required=True, help="folder of <video>.npz predictions (eval.bench --save-pred)")
     p.add_argument("--mode", choices=["first", "strided"], default="first", help="TAP-Vid query mode")
     p.add_argument("--out", help="results folder (default: --preds, updated in place)")
@@ -68,14 +69,14 @@ def main(argv=None):
         preds = sorted(glob.glob(os.path.join(args.preds, "*.npz")))
         if not preds:
             raise InputError(f"{args.preds} holds no <video>.npz predictions (eval.bench --save-pred writes them)")
-        found = {os.path.basename(os.path.normpath(f)): f for f in list_video_folders(args.data)}
-        folders = []
+        found = {r.name: r for r in list_videos(args.data)}
+        refs = []
         for pred in preds:
             name = os.path.basename(pred)[:-len(".npz")]
             if name not in found:
                 raise InputError(f"{pred}: no video named {name} in {args.data}")
-            folders.append(found[name])
-        records = [rescore_one(folder, pred, args.mode) for folder, pred in zip(folders, preds)]
+            refs.append(found[name])
+        records = [rescore_one(ref, pred, args.mode) for ref, pred in zip(refs, preds)]
         if len({r["kind"] for r in records}) > 1:
             raise InputError(f"{args.preds} mixes TAP-Vid and BADJA predictions; rescore them separately")
         configs = {r["config"] for r in records}

@@ -1,6 +1,8 @@
-"""Score one prediction against one video folder; prints one JSON line.
+"""Score one prediction against one video; prints one JSON line.
 
-    python -m eval.score --data DIR --pred pred.npz --mode first|strided
+    python -m eval.score --data DIR --pred pred.npz --mode first|strided [--video NAME]
+
+DIR: a video folder, or any dataset eval.bench reads with ``--video`` naming the video.
 
 The prediction must be made with that video's queries for the mode (``python -m eval.queries`` writes
 them): tracks in file order; strided: for each track, its query frames ascending. TAP-Vid folders print
@@ -15,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from eval.datasets import open_video_folder
+from eval.datasets import open_one_video
 from core.errors import InputError, PitrackError
 
 TAPVID_KEYS = ("AJ", "delta_avg", "OA", "occ_called_visible", "vis_called_occluded", "vis_far16",
@@ -46,13 +48,14 @@ def score_prediction(video, pred, mode):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m eval.score", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="one video folder (TAP-Vid or BADJA format)")
+    p.add_argument("--data", required=True, help="a video folder, or a dataset with --video")
+    p.add_argument("--video", help="the video's name in --data (a dataset of several videos)")
     p.add_argument("--pred", required=True, help="prediction .npz from run_video.py")
     p.add_argument("--mode", choices=["first", "strided"], default="first")
     p.add_argument("--all", action="store_true", help="print per-threshold numbers too")
     args = p.parse_args(argv)
     try:
-        video = open_video_folder(args.data)
+        video = open_one_video(args.data, args.video)
         m = score_prediction(video, load_prediction(args.pred), args.mode)
     except PitrackError as e:
         print(f"eval.score: error: {e}", file=sys.stderr)

@@ -87,3 +87,13 @@ def check_video(video):
     if video.dtype != np.uint8:
         raise InputError(f"video must be uint8 (0..255), got {video.dtype}")
     return np.ascontiguousarray(video)
+
+
+def resize_video(video, hw):
+    """uint8 [T, H, W, 3] -> [T, h, w, 3] for ``hw`` = (h, w), each frame by a Lanczos filter (PIL), the resize
+    TAP-Vid's own evaluation applies (mediapy) before tracking at 256×256."""
+    from PIL import Image
+    h, w = int(hw[0]), int(hw[1])
+    if video.shape[1:3] == (h, w):
+        return video
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), resample=Image.Resampling.LANCZOS)) for f in video])

@@ -76,14 +76,14 @@ def test_klt_beats_static_on_known_motion(synthetic_clip):
 
 
 def test_datasets_read_shared_data():
-    v = TapVidVideo(need(os.path.join(DAVIS, "blackswan")))
+    v = TapVidVideo.from_folder(need(os.path.join(DAVIS, "blackswan")))
     qf, idx = v.queries("first")
     qs, idxs = v.queries("strided")
     assert qf.shape == (v.points.shape[0], 3) and np.all(np.diff(idx) == 1)
     assert np.all(qs[:, 0] % 5 == 0) and np.all(np.diff(idxs) >= 0)
     for (t, x, y), i in zip(qs, idxs):     # each strided query is a visible ground-truth point
         assert not v.occluded[i, int(t)] and np.allclose([x, y], v.points[i, int(t)])
-    b = BadjaVideo(need(os.path.join(BADJA, "dog")))
+    b = BadjaVideo.from_folder(need(os.path.join(BADJA, "dog")))
     q, joints = b.queries()
     assert np.all(q[:, 0] == b.frames[0]) and (b.mask_areas() > 0).all()
     perfect = np.zeros((q.shape[0], b.num_frames, 2), np.float32)
@@ -93,7 +93,7 @@ def test_datasets_read_shared_data():
 
 def test_klt_beats_static_on_real_video():
     """A real DAVIS clip scored by eval: KLT must clear the static floor."""
-    v = TapVidVideo(need(os.path.join(DAVIS, "car-shadow")))
+    v = TapVidVideo.from_folder(need(os.path.join(DAVIS, "car-shadow")))
     frames, (q, _) = v.load_frames(), v.queries("first")
     aj = {}
     for name in ("static", "klt"):

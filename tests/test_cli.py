@@ -182,17 +182,17 @@ def test_config_defaults_to_configs_default_yaml():
 
 
 def test_video_selection_is_shared_and_strict(synthetic_clip, tmp_path):
-    """eval.bench, eval.calibration and eval.keypoint_quality take --videos through list_video_folders:
+    """eval.bench, eval.calibration and eval.keypoint_quality take --videos through list_videos:
     the given order, and an unknown name is an error rather than a silently smaller benchmark."""
-    from eval.datasets import list_video_folders
+    from eval.datasets import list_videos
     from core.errors import InputError
     data = tmp_path / "data"
     data.mkdir()
     for name in ("b", "a"):
         os.symlink(synthetic_clip, data / name)
-    assert [os.path.basename(f) for f in list_video_folders(str(data))] == ["a", "b"]
-    assert [os.path.basename(f) for f in list_video_folders(str(data), "b,a")] == ["b", "a"]
+    assert [r.name for r in list_videos(str(data))] == ["a", "b"]
+    assert [r.name for r in list_videos(str(data), "b,a")] == ["b", "a"]
     with pytest.raises(InputError, match="no video named zz"):
-        list_video_folders(str(data), ["a", "zz"])
+        list_videos(str(data), ["a", "zz"])
     r = run("-m", "eval.calibration", "--config", KLT, "--data", str(data), "--videos", "a,zz")
     assert r.returncode == 2 and "zz" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -138,7 +138,7 @@ def test_tapvid_video_score_has_error_shares(tmp_path):
     # one track visible at frames 0-3, occluded at 4; original frames are 512 high, so y errors halve at 256
     points = np.full((1, 5, 2), 100.0)
     _tapvid_folder(str(tmp_path / "v"), points, np.array([[False, False, False, False, True]]))
-    v = TapVidVideo(str(tmp_path / "v"))
+    v = TapVidVideo.from_folder(str(tmp_path / "v"))
     pred = points.copy()
     pred[0, 1, 1] += 34.0    # 17 px at 256: far
     pred[0, 2, 1] += 30.0    # 15 px at 256: not far

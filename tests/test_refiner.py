@@ -187,7 +187,7 @@ def test_zero_update_refiner_leaves_the_pipeline_tracks_unchanged(synthetic_clip
     from pitrack.tracker import Tracker
     path = str(tmp_path / "zero.pt")
     save_refiner(path, TrackRefiner(channels=16, blocks=1, levels=2, radius=1), {"command": "test"})
-    clip = TapVidVideo(synthetic_clip)
+    clip = TapVidVideo.from_folder(synthetic_clip)
     video = clip.load_frames()
     queries = np.concatenate([np.zeros((8, 1)), clip.points[:8, 0]], 1).astype(np.float32)
     base = {"tracker": "pitrack", "tto": {"enabled": False}, "filters": {"similarity": {"enabled": False},

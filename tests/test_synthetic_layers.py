@@ -314,7 +314,7 @@ def test_layered_tapvid_clip_tracks_agree_with_its_flow(pool, tmp_path):
     step = bilinear_sample(flow, p[:, 0], p[:, 1]).T
     assert np.median(np.linalg.norm(points[both, 3] - points[both, 1] - step, axis=1)) < 0.05
     write_clip(str(tmp_path / "clip"), video, points, occluded)
-    back = TapVidVideo(str(tmp_path / "clip"))
+    back = TapVidVideo.from_folder(str(tmp_path / "clip"))
     np.testing.assert_array_equal(back.points, points)
     np.testing.assert_array_equal(back.occluded, occluded)
     np.testing.assert_array_equal(back.load_frames(), video)
