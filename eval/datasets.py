@@ -298,7 +298,9 @@ def _all_videos(data):
         if data.endswith(".pkl"):
             return _pickle_videos(data)
         if data.endswith(".json"):
-            return [VideoRef(os.path.splitext(os.path.basename(data))[0], data)]
+            ref = VideoRef(os.path.splitext(os.path.basename(data))[0], data)
+            ref.open()
+            return [ref]
         raise InputError(f"{data}: not a dataset (a folder, a TAP-Vid .pkl or a BADJA .json)")
     if not os.path.isdir(data):
         raise InputError(f"data not found: {data}")
@@ -311,7 +313,10 @@ def _all_videos(data):
     annotations = os.path.join(data, "joint_annotations")
     if os.path.isdir(annotations):
         jsons = sorted(f for f in os.listdir(annotations) if f.endswith(".json"))
-        return [VideoRef(os.path.splitext(f)[0], os.path.join(annotations, f)) for f in jsons]
+        refs = [VideoRef(os.path.splitext(f)[0], os.path.join(annotations, f)) for f in jsons]
+        for r in refs:          # cheap (the JSON and a look at each file): a missing image is found now
+            r.open()
+        return refs
     pickles = [os.path.join(data, f) for f in entries if f.endswith(".pkl")]
     if pickles:
         return [r for p in pickles for r in _pickle_videos(p)]

@@ -127,6 +127,10 @@ def test_badja_release_reads_joints_as_row_column(tmp_path):
     os.remove(img_dir / "00004.jpg")
     with pytest.raises(InputError, match="missing file .*00004.jpg"):
         ref.open()
+    out = tmp_path / "res"                     # from the command line: found while listing, before tracking
+    one_line_exit_2(run("-m", "eval.bench", "--config", KLT, "--data", str(root), "--out", str(out)),
+                    "cat.json: missing file")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("bad, needle", [
