@@ -56,6 +56,12 @@ def save_text(path, text):
             f.write(text)
 
 
+def save_bytes(path, data):
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
 def discard_cache_file(path, what, why, then="recomputing"):
     """A cache file failed validation: warn (naming it and why) and delete it, so it is never used."""
     warnings.warn(f"{what} {path} rejected ({why}); deleting it and {then}", stacklevel=4)

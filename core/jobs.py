@@ -5,6 +5,7 @@ job in this process (serial) or as a Ray task (``ray=True``: a local Ray instanc
 cluster), and hands each result to ``on_result(job, result)`` in this process as it arrives, so results land
 one by one and an interrupted run keeps what finished. Ray is an optional extra (``pip install -e '.[ray]'``).
 """
+import json
 import os
 
 from core.errors import PitrackError
@@ -27,6 +28,17 @@ def take_shard(items, shard):
         return list(items)
     i, n = shard
     return [x for k, x in enumerate(items) if k % n == i]
+
+
+def load_record(path, matches):
+    """The JSON record at ``path`` if it loads and ``matches(record)``, else None: a finished job's result that
+    a rerun reuses."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rec if matches(rec) else None
 
 
 def worker_error(name, returncode, stderr):

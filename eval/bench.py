@@ -34,9 +34,9 @@ import numpy as np
 
 from eval.datasets import list_videos
 from core.devices import peak_rss_mb
-from core.atomic import atomic_path, save_json, save_npz, save_text
+from core.atomic import save_bytes, save_json, save_npz, save_text
 from core.errors import InputError, PitrackError
-from core.jobs import worker_error
+from core.jobs import load_record, worker_error
 
 TAPVID_COLUMNS = (("AJ", "AJ"), ("delta_avg", "<δ avg"), ("OA", "OA"),
                   ("occ_called_visible", "occ→vis"), ("vis_called_occluded", "vis→occ"), ("vis_far16", ">16px"))
@@ -125,16 +125,6 @@ def video_job(job):
             with open(os.path.join(tmp, "video.npz"), "rb") as f:
                 pred = f.read()
         return {"record": rec, "pred": pred}
-
-
-def load_record(path, matches):
-    """The JSON record at ``path`` if it loads and ``matches(record)``, else None."""
-    try:
-        with open(path) as f:
-            rec = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return rec if matches(rec) else None
 
 
 def record_or_run(path, matches, cmd, what, fresh=False):
@@ -267,7 +257,7 @@ def merge(folders, out, partial=False):
 
     The records must share config, mode and resize; a video found twice must have the same metrics; unless
     ``partial``, every video of the dataset (``dataset_videos`` in the records) must be there."""
-    records = {}
+    records, first_key = {}, None
     for folder in folders:
         paths = [p for p in sorted(glob.glob(os.path.join(folder, "*.json"))) if os.path.basename(p) != "summary.json"]
         for p in paths:
@@ -277,16 +267,16 @@ def merge(folders, out, partial=False):
                 key = (rec["config_fingerprint"], rec["mode"], rec.get("resize"), rec["kind"])
             except (OSError, ValueError, KeyError, TypeError):
                 raise InputError(f"{p}: not a per-video result of eval.bench") from None
-            first = next(iter(records.values()), None)
-            if first is not None and key != first[0]:
-                raise InputError(f"{p}: config, mode or resize differ from {first[1]['video']}'s; merge one run at a time")
+            first_key = first_key or key
+            if key != first_key:
+                raise InputError(f"{p}: config, mode or resize differ from {next(iter(records))}'s; merge one run at a time")
             old = records.get(rec["video"])
-            if old is not None and old[1]["metrics"] != rec["metrics"]:
+            if old is not None and old["metrics"] != rec["metrics"]:
                 raise InputError(f"video {rec['video']} has two different results ({p} and another folder)")
-            records[rec["video"]] = (key, rec, p)
+            records[rec["video"]] = rec
     if not records:
         raise InputError(f"no per-video results in {', '.join(folders)}")
-    recs = [r for _, r, _ in records.values()]
+    recs = list(records.values())
     expected = max((r.get("dataset_videos") or 0) for r in recs)
     if len(recs) < expected and not partial:
         raise InputError(f"only {len(recs)} of the dataset's {expected} videos have results (a shard missing or "
@@ -347,18 +337,17 @@ def run_benchmark(args, resize):
     config = load_config(args.config)
     shard = parse_shard(args.shard) if args.shard else None
     refs = list_videos(args.data, args.videos)
-    kinds = {"badja" if r.path.endswith(".json") or os.path.isfile(os.path.join(r.path, "joints.npz")) else "tapvid"
-             for r in refs}
+    kinds = {r.kind for r in refs}
     if len(kinds) > 1:
         raise PitrackError(f"{args.data} mixes TAP-Vid and BADJA videos; benchmark them separately")
     mode = args.mode if kinds == {"tapvid"} else "badja"
     resize_text = f"{resize[1]}x{resize[0]}" if resize else None
     os.makedirs(args.out, exist_ok=True)
     indexed = take_shard(list(enumerate(refs)), shard)
-    records, todo = {}, []
+    records, todo, fingerprint = {}, [], config.fingerprint()
     for index, ref in indexed:
         match = lambda r, ref=ref: (r.get("config_fingerprint"), r.get("mode"), r.get("data"), r.get("resize")) == \
-            (config.fingerprint(), mode, ref.source, resize_text)
+            (fingerprint, mode, ref.source, resize_text)
         rec = None if args.fresh else load_record(os.path.join(args.out, ref.name + ".json"), match)
         if rec is not None:
             records[ref.name] = rec
@@ -379,9 +368,7 @@ def run_benchmark(args, resize):
             raise PitrackError(result["error"])
         rec = dict(result["record"], dataset_index=index, **context)
         if result["pred"] is not None:
-            with atomic_path(os.path.join(args.out, ref.name + ".npz")) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(result["pred"])
+            save_bytes(os.path.join(args.out, ref.name + ".npz"), result["pred"])
         save_json(os.path.join(args.out, ref.name + ".json"), rec)
         records[ref.name] = rec
         m = rec["metrics"]

@@ -65,7 +65,7 @@ class TapVidVideo:
         frames = record["video"]
         if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
             size_hw = frames.shape[1:3]
-            load = lambda: _check_frame_count(np.ascontiguousarray(frames), len(frames), source)
+            load = lambda: np.ascontiguousarray(frames)
         else:
             size_hw = _decode_jpeg(frames[0], source, 0).shape[:2]
             load = lambda: decode_jpeg_frames(frames, source)
@@ -234,6 +234,13 @@ class VideoRef:
     def source(self):
         """The video's identity in results: the path, and ``#key`` for a record of a pickle."""
         return self.path if self.key is None else f"{self.path}#{self.key}"
+
+    @property
+    def kind(self):
+        """'tapvid' or 'badja', from the file or folder alone (without reading the video)."""
+        if self.path.endswith(".json") or os.path.isfile(os.path.join(self.path, "joints.npz")):
+            return "badja"
+        return "tapvid"
 
     def open(self):
         if self.path.endswith(".pkl"):

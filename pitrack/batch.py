@@ -20,9 +20,9 @@ import sys
 import tempfile
 import time
 
-from core.atomic import atomic_path, save_json
+from core.atomic import save_bytes, save_json
 from core.errors import InputError, PitrackError
-from core.jobs import worker_error
+from core.jobs import load_record, worker_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,9 +137,7 @@ def main(argv=None):
             if "error" in result:
                 raise PitrackError(result["error"])
             for suffix, data in result["files"].items():
-                with atomic_path(os.path.join(args.out, job["name"] + suffix)) as tmp:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
+                save_bytes(os.path.join(args.out, job["name"] + suffix), data)
             rec = dict(result["record"], video=job["video"], config=config.name,
                        config_fingerprint=job["config_fingerprint"], queries=job["query_args"], viz=job["viz"])
             save_json(os.path.join(args.out, job["name"] + ".json"), rec)
@@ -160,13 +158,9 @@ def main(argv=None):
 
 
 def _done(out, job):
-    try:
-        with open(os.path.join(out, job["name"] + ".json")) as f:
-            rec = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return (rec.get("config_fingerprint"), rec.get("video"), rec.get("queries")) == \
-        (job["config_fingerprint"], job["video"], job["query_args"]) and rec.get("viz", False) >= job["viz"] and \
+    match = lambda rec: (rec.get("config_fingerprint"), rec.get("video"), rec.get("queries")) == \
+        (job["config_fingerprint"], job["video"], job["query_args"]) and rec.get("viz", False) >= job["viz"]
+    return load_record(os.path.join(out, job["name"] + ".json"), match) is not None and \
         os.path.isfile(os.path.join(out, job["name"] + ".npz"))
 
 
