@@ -1,21 +1,88 @@
 """Write files atomically: write to a temporary file in the same folder, then rename over the target.
 
+Temporary files are named ``.tmp-<target name>-p<pid>h<host tag>-<random><suffix>``. A run killed while
+writing (SIGKILL, power loss) leaves one behind; :func:`remove_stale_temporaries` deletes those whose
+process is gone (same host) or that have not been touched for an hour (another host, or an older name),
+and every atomic write sweeps the stale temporaries of its own target first. Finished files get the
+permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the temporary file's 0600.
+
 Cache files go through :func:`cache_write` / :func:`cache_unreadable`: a cache that cannot be written or read
 (read-only folder, a file where a folder should be, disk full, no permission) costs one warning per kind and
 folder per process, and the run goes on without it.
 """
 import contextlib
+import glob
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 import warnings
 
 import numpy as np
 
+STALE_AFTER_S = 3600            # a temporary untouched this long is stale whoever wrote it
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_OWNER = re.compile(r"-p(\d+)h([0-9a-f]{8})-")
+
+
+def _owner_tag():
+    return f"p{os.getpid()}h{_HOST_TAG}"
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                 # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(path, now):
+    """Whether temporary file ``path`` was left by a writer that is gone."""
+    m = _OWNER.search(os.path.basename(path))
+    if m and m.group(2) == _HOST_TAG and int(m.group(1)) != os.getpid():
+        return not _process_alive(int(m.group(1)))
+    try:
+        return now - os.stat(path).st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(folder, pattern=".tmp-*", recursive=False):
+    """Delete the stale temporary files matching ``pattern`` in ``folder`` (and below, with ``recursive``).
+    Returns how many were removed; files that cannot be removed are left silently."""
+    now, removed = time.time(), 0
+    pattern = os.path.join(glob.escape(folder), "**", pattern) if recursive else \
+        os.path.join(glob.escape(folder), pattern)
+    for p in glob.glob(pattern, recursive=recursive, include_hidden=True):
+        if os.path.isfile(p) and _is_stale(p, now):
+            with contextlib.suppress(OSError):
+                os.remove(p)
+                removed += 1
+    return removed
+
+
+def _umask():
+    """The process's umask (read from /proc where it exists, so no other thread sees it changed)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
-    """Yield a temporary path next to ``path``; on success rename it to ``path``, on error delete it.
+    """Yield a temporary path next to ``path``; on success give it the umask's permissions and rename it to
+    ``path``, on error delete it.
 
     ``suffix`` defaults to the target's extension, so writers that look at the extension
     (OpenCV's VideoWriter, ``np.savez``) behave as for the real name.
@@ -25,10 +92,13 @@ def atomic_path(path, suffix=None):
     os.makedirs(folder, exist_ok=True)
     if suffix is None:
         suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=suffix, dir=folder)
+    prefix = ".tmp-" + os.path.basename(path) + "-"
+    remove_stale_temporaries(folder, glob.escape(prefix) + "*")
+    fd, tmp = tempfile.mkstemp(prefix=prefix + _owner_tag() + "-", suffix=suffix, dir=folder)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -115,7 +185,7 @@ def writable_folder(folder, what="cache folder"):
     one warning per folder per process, and False."""
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-" + _owner_tag() + "-", dir=folder)
         os.close(fd)
         os.remove(tmp)
         return True
@@ -123,3 +193,24 @@ def writable_folder(folder, what="cache folder"):
         _warn_once(("folder", os.path.abspath(folder)),
                    f"{what} {folder} cannot be written ({_reason(e)}); running without the cache")
         return False
+
+
+def check_writable(path, what="output"):
+    """OutputError unless ``path`` can be written as a file: it is not a folder, and the nearest existing
+    folder on its way can take a new file (probed with a temporary file, then deleted). For the outputs a
+    command will write, checked before its work starts."""
+    from core.errors import OutputError
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    existing = os.path.dirname(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f"{what} {path} cannot be written: {existing} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-" + _owner_tag() + "-", dir=existing)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise OutputError(f"{what} {path} cannot be written: {existing}: {_reason(e)}") from None

@@ -15,3 +15,7 @@ class ConfigError(PitrackError, ValueError):
 
 class WeightsError(PitrackError, FileNotFoundError):
     """A model checkpoint is missing or does not fit the model."""
+
+
+class OutputError(PitrackError):
+    """An output path that cannot be written: a folder, under a file, no permission, disk full."""

@@ -1,5 +1,13 @@
-"""Resizing frames between the original and a stage's working resolution."""
+"""Resizing frames between the original and a stage's working resolution; decoding image files, with
+what the native decoders report about them."""
+import os
+import re
+import sys
+import tempfile
+
 import numpy as np
+
+from core.errors import InputError
 
 
 def resize_video(video, hw):
@@ -32,3 +40,120 @@ class ResizedFrames:
         if isinstance(idx, slice):
             idx = range(*idx.indices(len(self)))
         return resize_video(self.video[list(idx)], self.hw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding image files, and what the native decoders say about them
+
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def image_format(data):
+    """'JPEG' or 'PNG' by the file's first bytes (its signature), else None."""
+    if data.startswith(JPEG_START):
+        return "JPEG"
+    if data.startswith(PNG_START):
+        return "PNG"
+    return None
+
+
+def is_complete_image(data):
+    """Whether the bytes of a JPEG (PNG) file end with its end marker (IEND chunk); zero bytes after it are
+    allowed (padding). A file cut short lacks the end; the check reads no pixel data."""
+    fmt = image_format(data)
+    end = {"JPEG": JPEG_END, "PNG": PNG_END}.get(fmt)
+    return end is not None and data.rstrip(b"\x00").endswith(end)
+
+
+class NativeMessages:
+    """Context manager: while the block runs, what native code (libjpeg, libpng, FFmpeg inside OpenCV)
+    writes on file descriptor 2 goes to a temporary file instead of the terminal; ``new_lines()`` returns
+    the lines written since its previous call. Where fd 2 cannot be redirected, nothing is captured and
+    ``new_lines()`` returns []. Not for use from several threads at once (fd 2 is process-wide)."""
+
+    READ_LIMIT = 1 << 16      # bytes read per call (a damaged video can make FFmpeg print thousands of lines)
+
+    def __init__(self):
+        self._saved, self._file, self._pos = None, None, 0
+
+    def __enter__(self):
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            self._file = tempfile.TemporaryFile()
+            self._saved = os.dup(2)
+            os.dup2(self._file.fileno(), 2)
+        except (OSError, ValueError):
+            if self._saved is not None:
+                os.close(self._saved)
+            if self._file is not None:
+                self._file.close()
+            self._saved, self._file = None, None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._file.close()
+            self._saved, self._file = None, None
+        return False
+
+    def new_lines(self):
+        if self._file is None:
+            return []
+        fd = self._file.fileno()
+        end = os.fstat(fd).st_size
+        if end <= self._pos:
+            return []
+        os.lseek(fd, self._pos, os.SEEK_SET)
+        data = os.read(fd, min(end - self._pos, self.READ_LIMIT))
+        self._pos = end
+        return [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def decoder_line(lines):
+    """The first of ``lines`` (native decoder output), without FFmpeg's object address
+    ('[mpeg4 @ 0x55d…] header damaged' -> 'mpeg4: header damaged'); '' when there is none."""
+    if not lines:
+        return ""
+    return re.sub(r"^\[(\S+) @ 0x[0-9a-fA-F]+\]\s*", r"\1: ", lines[0])
+
+
+def _damage_lines(lines):
+    """The libjpeg messages that mean pixels were not decoded from the file: data cut short or corrupt
+    (libjpeg fills what it cannot decode with grey and goes on). Extra bytes before the end marker (0xd9)
+    are left out: every pixel was decoded before them."""
+    return [line for line in lines
+            if line.startswith("Premature end of JPEG file")
+            or (line.startswith("Corrupt JPEG data") and "before marker 0xd9" not in line)]
+
+
+def decode_image(data, what, messages=None, fmt_expected=None):
+    """uint8 BGR [H, W, 3] decoded (OpenCV) from the bytes of a JPEG or PNG file. InputError, naming
+    ``what`` (e.g. the file), unless the file is complete (:func:`is_complete_image`), decodes, and libjpeg
+    reports no damaged data while decoding it. ``messages``: an open :class:`NativeMessages` to read the
+    decoder's reports from (else one is opened for this call). ``fmt_expected``: 'JPEG' or 'PNG' to refuse
+    the other format."""
+    import cv2
+    fmt = image_format(data)
+    if fmt is None or (fmt_expected and fmt != fmt_expected):
+        kind = fmt_expected or "JPEG or PNG"
+        raise InputError(f"{what} is empty" if not data else f"{what} is not a {kind} image")
+    if not is_complete_image(data):
+        raise InputError(f"{what} is truncated: the {fmt} file ends before its end marker")
+    if messages is None:
+        with NativeMessages() as own:
+            return decode_image(data, what, own, fmt_expected)
+    messages.new_lines()                                # anything printed before this image is not its own
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    lines = messages.new_lines()
+    if img is None:
+        raise InputError(f"{what} does not decode as a {fmt}")
+    damage = _damage_lines(lines)
+    if damage:
+        raise InputError(f"{what} does not decode completely (decoder: {damage[0]})")
+    return img

@@ -136,6 +136,17 @@ def fit_state_dict(model, ckpt, name, path):
     return collections.OrderedDict((t, out[t]) for t in target)
 
 
+def download_weights(name):
+    """torchvision's own pretrained weights of RAFT ``name``, fetched into its cache now (a no-op when already
+    there), so that no internet is a WeightsError before any work rather than when the model first runs."""
+    _, weights_enum = _builder(name)
+    try:
+        weights_enum.DEFAULT.get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 - no internet, a broken download, ...
+        raise WeightsError(f"no {DEFAULT_FILES[name]} found and torchvision could not download its {name} "
+                           f"weights ({type(e).__name__}: {e}); set $PITRACK_WEIGHTS") from None
+
+
 def load_raft(name, weights_path=None, allow_download=False, device="cpu"):
     """torchvision RAFT ``name`` (raft_small | raft_large) with weights, in eval mode, gradients off.
 
@@ -146,11 +157,8 @@ def load_raft(name, weights_path=None, allow_download=False, device="cpu"):
     build, weights_enum = _builder(name)
     path = resolve_weights(DEFAULT_FILES[name], explicit=weights_path or None, allow_download=allow_download)
     if path is None:
-        try:
-            model = build(weights=weights_enum.DEFAULT, progress=False)
-        except Exception as e:  # noqa: BLE001 - no internet, a broken download, ...
-            raise WeightsError(f"no {DEFAULT_FILES[name]} found and torchvision could not download its {name} "
-                               f"weights ({type(e).__name__}: {e}); set $PITRACK_WEIGHTS") from None
+        download_weights(name)
+        model = build(weights=weights_enum.DEFAULT, progress=False)
         source = DOWNLOAD_ID
     else:
         model = build(weights=None, progress=False)

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError
+from core.images import NativeMessages, decode_image, image_format, is_complete_image
 from pitrack.video import list_frame_files, load_video
 
 STRIDE = 5  # TAP-Vid query-strided: every 5th frame
-JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 
 class TapVidVideo:
@@ -357,7 +357,8 @@ def load_pickle(path):
 
 def check_record(record, source):
     """InputError unless ``record`` has the TAP-Vid layout (module docstring). JPEG frames are checked for
-    their start and end markers here (a truncated file lacks the end) and decoded only with the video."""
+    their start and end markers here (core.images.is_complete_image: a truncated file lacks the end) and
+    decoded only with the video."""
     if not isinstance(record, dict) or not {"video", "points", "occluded"} <= set(record):
         got = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise InputError(f"{source}: not a TAP-Vid record (needs 'video', 'points', 'occluded'; got {got})")
@@ -374,29 +375,28 @@ def check_record(record, source):
             raise InputError(f"{source}: video is neither a uint8 array nor a list of JPEG bytes")
         n = len(video)
         for t, b in enumerate(video):
-            if not (b.startswith(JPEG_START) and b.rstrip(b"\x00").endswith(JPEG_END)):
+            if image_format(b) != "JPEG" or not is_complete_image(b):
                 raise InputError(f"{source}: frame {t} is not a complete JPEG")
     if n != points.shape[1]:
         raise InputError(f"{source}: {n} frames but the points have {points.shape[1]}")
 
 
 def decode_jpeg_frames(frames, source):
-    """uint8 RGB [T, H, W, 3] from JPEG-encoded frames; InputError naming the first that does not decode."""
+    """uint8 RGB [T, H, W, 3] from JPEG-encoded frames; InputError naming the first that does not decode
+    completely (core.images.decode_image)."""
     out = []
-    for t, b in enumerate(frames):
-        img = _decode_jpeg(b, source, t)
-        if out and img.shape != out[0].shape:
-            raise InputError(f"{source}: frame {t} is {img.shape[1]}x{img.shape[0]}, frame 0 "
-                             f"{out[0].shape[1]}x{out[0].shape[0]}")
-        out.append(img)
+    with NativeMessages() as messages:
+        for t, b in enumerate(frames):
+            img = _decode_jpeg(b, source, t, messages)
+            if out and img.shape != out[0].shape:
+                raise InputError(f"{source}: frame {t} is {img.shape[1]}x{img.shape[0]}, frame 0 "
+                                 f"{out[0].shape[1]}x{out[0].shape[0]}")
+            out.append(img)
     return np.stack(out)
 
 
-def _decode_jpeg(data, source, t):
-    import cv2
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if img is None:
-        raise InputError(f"{source}: frame {t} does not decode as a JPEG")
+def _decode_jpeg(data, source, t, messages=None):
+    img = decode_image(data, f"{source}: frame {t}", messages, fmt_expected="JPEG")
     return np.ascontiguousarray(img[..., ::-1])
 
 

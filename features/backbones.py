@@ -31,7 +31,7 @@ from core.checkpoints import check_fits
 from core.errors import ConfigError, WeightsError
 from core.devices import resolve_device
 from core.paths import file_sha256, resolve_weights
-from core.raft_model import DEFAULT_FILES, DOWNLOAD_ID, load_raft
+from core.raft_model import DEFAULT_FILES, DOWNLOAD_ID, download_weights, load_raft
 
 DINO_MODELS = {
     # backbone name: (timm model, default checkpoint file (official DINOv2 name), channels)
@@ -67,6 +67,8 @@ class RaftEncoder:
     def __init__(self, weights="", allow_download=False, device="auto"):
         self.weights_path = resolve_weights(DEFAULT_FILES["raft_small"], explicit=weights or None,
                                             allow_download=allow_download)
+        if self.weights_path is None:
+            download_weights("raft_small")            # no file: torchvision's download, now rather than mid-run
         self.allow_download = allow_download
         self.device = resolve_device(device, "features.device")
         self._net = None

@@ -15,7 +15,7 @@ import time
 import typing
 
 import numpy as np
-from tqdm import tqdm
+from core.progress import progress_bar
 
 from features.backbones import make_backbone
 from features.grid import FeatureGrid, feature_image_hw
@@ -98,8 +98,8 @@ def video_features(video, cfg, cache_dir=None, progress=False, seed=0, backbone=
     else:
         bs = max(1, int(cfg.batch_size))
         out = torch.empty(shape, dtype=torch.float16)
-        for i in tqdm(range(0, T, bs), desc=f"features {bb.name} {image_hw[1]}x{image_hw[0]}",
-                      disable=not progress or T <= bs, leave=False):
+        for i in progress_bar(range(0, T, bs), desc=f"features {bb.name} {image_hw[1]}x{image_hw[0]}",
+                              enabled=progress and T > bs, leave=False):
             f = bb(images[i:i + bs])
             if tuple(f.shape[1:]) != shape[1:]:
                 raise RuntimeError(f"backbone {bb.name} returned {tuple(f.shape)}, expected [B, {shape[1]}, "

@@ -1,5 +1,8 @@
 """Configuration of the frozen backbone features (YAML section ``features``)."""
 import dataclasses
+from typing import Annotated
+
+from core.config_checks import DEVICE, RESOLUTION, at_least, one_of
 
 
 @dataclasses.dataclass
@@ -8,13 +11,13 @@ class FeatureConfig:
     # dinov2_vits14 / dinov2_vitb14: DINOv2 ViT-S/14 (384 channels) / ViT-B/14 (768) through timm (stride 14)
     # geoaware: GeoAware-SC, DINOv2 ViT-B/14 block 11 + the official aggregation network (768, stride 14);
     #   PARTIAL here: only its DINO branch (no Stable Diffusion), see features/geoaware.py
-    backbone: str
+    backbone: Annotated[str, one_of("raft_small", "dinov2_vits14", "dinov2_vitb14", "geoaware")]
     # Target size of the *feature image* (the frames resized before the backbone), see
     # core.coords.parse_resolution; each side is then rounded to a multiple of the backbone's stride.
-    resolution: str
+    resolution: Annotated[str, RESOLUTION]
     weights: str  # explicit checkpoint; empty: $PITRACK_WEIGHTS/<raft-small.pth | dinov2_vit{s,b}14_pretrain.pth>
     aggregation_weights: str  # geoaware only: the GeoAware-SC aggregation checkpoint; empty: $PITRACK_WEIGHTS/best_856.PTH
     allow_download: bool  # raft_small only: torchvision's own download when no file is found (needs internet)
     random_init: bool  # DINOv2 / geoaware only: random weights seeded by the config seed (tests; meaningless features)
-    batch_size: int  # frames per backbone call
-    device: str  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    batch_size: Annotated[int, at_least(1)]  # frames per backbone call
+    device: Annotated[str, DEVICE]  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N

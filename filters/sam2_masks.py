@@ -68,6 +68,7 @@ import numpy as np
 from core.checkpoints import check_fits
 from core.atomic import cache_unreadable, cache_write, discard_cache_file
 from core.coords import parse_resolution, to_center
+from core.progress import progress_bar
 from core.devices import resolve_device
 from core.errors import ConfigError, InputError, WeightsError
 from core.paths import file_sha256, resolve_weights
@@ -222,7 +223,7 @@ def prepare_frames(video, image_size, device="cpu"):
 @contextlib.contextmanager
 def _patched_predictor_module(vp, images, hw, progress):
     """During the block: ``vp.load_video_frames`` returns ``(images, H, W)`` (the frames are already in memory);
-    with ``progress`` False the package's tqdm bars are silenced. Not thread-safe (module attributes)."""
+    the package's tqdm bars are drawn by core.progress (silenced with ``progress`` False). Not thread-safe (module attributes)."""
     saved = {"load_video_frames": vp.load_video_frames, "tqdm": getattr(vp, "tqdm", None)}
 
     def load_video_frames(video_path, image_size, *args, **kwargs):
@@ -231,8 +232,8 @@ def _patched_predictor_module(vp, images, hw, progress):
         return images, int(hw[0]), int(hw[1])
 
     vp.load_video_frames = load_video_frames
-    if not progress and saved["tqdm"] is not None:
-        vp.tqdm = lambda it, *a, **k: it
+    if saved["tqdm"] is not None:           # the package's own bars: silenced, or as core.progress draws them
+        vp.tqdm = lambda it, *a, **k: progress_bar(it, progress, **k)
     try:
         with warnings.catch_warnings():
             # Hole filling needs the package's compiled extension; without it the package warns on every
@@ -271,14 +272,13 @@ def prefill_features(predictor, state, progress=False):
     encodings of the feature-map size: identical for every frame; checked, kept separate if not).
     """
     import torch
-    from tqdm import tqdm
     cache = state["cached_features"]
     if not isinstance(cache, dict) or 0 not in cache:
         raise ConfigError(f"the installed sam2 package ({_sam2_version()}) does not cache frame 0's features in "
                           f"init_state; {__name__} was written against sam2 1.1.0")
     shared_pos = list(cache[0][1]["vision_pos_enc"])
     device = state["device"]
-    for t in tqdm(range(state["num_frames"]), desc="SAM2 encoder", disable=not progress, leave=False):
+    for t in progress_bar(range(state["num_frames"]), desc="SAM2 encoder", enabled=progress, leave=False):
         if t in cache:
             continue
         image = state["images"][t].to(device).float().unsqueeze(0)

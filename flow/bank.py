@@ -34,7 +34,7 @@ import time
 import zipfile
 
 import numpy as np
-from tqdm import tqdm
+from core.progress import progress_bar
 
 from flow.config import FlowConfig
 from flow.occlusion import FBUncertainty
@@ -349,7 +349,7 @@ class FlowBank:
             self._note_memory()
         if todo:
             h, w = self.working_hw
-            with tqdm(total=len(todo), unit="pair", disable=not self.progress or len(todo) < 8, leave=False,
+            with progress_bar(total=len(todo), unit="pair", enabled=self.progress and len(todo) >= 8, leave=False,
                       desc=f"flow {self.cfg.backend} {w}x{h}") as bar:
                 self._compute(todo, bar)
 

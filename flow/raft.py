@@ -4,7 +4,7 @@ import numpy as np
 from core.devices import resolve_device
 from core.errors import ConfigError
 from core.paths import file_sha256, resolve_weights
-from core.raft_model import DEFAULT_FILES, DOWNLOAD_ID, check_raft_name, load_raft
+from core.raft_model import DEFAULT_FILES, DOWNLOAD_ID, check_raft_name, download_weights, load_raft
 
 MIN_SIDE = 128  # torchvision RAFT's 4-level correlation pyramid needs feature maps >= 16, i.e. inputs >= 128 px
 
@@ -84,6 +84,8 @@ class RaftFlow:
         self.device = resolve_device(device, "flow.device")
         self.weights_path = resolve_weights(DEFAULT_FILES[name], explicit=weights or None,
                                             allow_download=allow_download)
+        if self.weights_path is None:
+            download_weights(name)            # no file: torchvision's download, now rather than mid-run
         self._model = None
 
     def cache_id(self):

@@ -1,21 +1,21 @@
 """Configuration of the flow-chain tracker (YAML section ``chain``)."""
 import dataclasses
+from typing import Annotated
 
+from core.config_checks import COSINE, PROBABILITY, RESOLUTION, above, at_least, one_of
 
 
 @dataclasses.dataclass
 class ChainConfig:
     # Δ of the candidates: flow(t−Δ → t) chained onto the estimate at t−Δ; 'inf' is the query frame itself
     intervals: list[str]
-    occlusion_threshold: float  # a candidate is visible when its occlusion probability is below this
-    query_sigma: float  # σ (working px) of the query position itself
-    drift_var: float  # q (working px² per frame): process noise of chaining; a link over Δ frames adds q·Δ to σ²
-    query_frames_per_chunk: int  # queries × frames tracked together (keypoints, filters, integration)
+    occlusion_threshold: Annotated[float, PROBABILITY]  # a candidate is visible when its occlusion probability is below this
+    query_sigma: Annotated[float, above(0)]  # σ (working px) of the query position itself
+    drift_var: Annotated[float, at_least(0)]  # q (working px² per frame): process noise of chaining; a link over Δ frames adds q·Δ to σ²
+    query_frames_per_chunk: Annotated[int, at_least(1)]  # queries × frames tracked together (keypoints, filters, integration)
 
     def __post_init__(self):
-        if not self.drift_var >= 0:
-            from core.errors import ConfigError
-            raise ConfigError(f"chain.drift_var must be >= 0 (px² per frame), got {self.drift_var}")
+        self.parsed_intervals()            # a bad interval is an error when the config is read
 
     def parsed_intervals(self):
         """Sorted finite intervals (ints >= 1) and whether the query-frame interval 'inf' is used."""
@@ -41,26 +41,21 @@ class ChainConfig:
 class FusionConfig:
     """How the candidates of a frame become one estimate (YAML section ``fusion``)."""
     probabilistic: bool  # merge visible candidates by inverse variance; False: take the least σ
-    correlation: float  # ρ between candidates' errors in the merge (0: independent, 1: no reduction)
+    correlation: Annotated[float, PROBABILITY]  # ρ between candidates' errors in the merge (0: independent, 1: no reduction)
     outlier_removal: bool  # drop candidates far from the least-σ visible one before merging
-    outlier_radius: float  # px at the original resolution
+    outlier_radius: Annotated[float, above(0)]  # px at the original resolution
     backward: bool  # a sweep from the last frame toward the first with backward flows
     backward_replace_smaller_sigma: bool  # the sweep also replaces visible estimates of larger σ
-    backward_sources: str  # the sweep chains 'anchored' estimates (keypoint-confirmed) or 'all'
-    observation_gate: float  # px (original): a keypoint farther from a visible estimate is dropped; 0: none
-
-    def __post_init__(self):
-        if self.backward_sources not in ("anchored", "all"):
-            from core.errors import ConfigError
-            raise ConfigError(f"fusion.backward_sources must be 'anchored' or 'all', got {self.backward_sources!r}")
+    backward_sources: Annotated[str, one_of("anchored", "all")]  # the sweep chains 'anchored' estimates (keypoint-confirmed) or 'all'
+    observation_gate: Annotated[float, at_least(0)]  # px (original): a keypoint farther from a visible estimate is dropped; 0: none
 
 
 @dataclasses.dataclass
 class VisibilityConfig:
     """Visibility from flow and appearance (YAML section ``visibility``, fusion/visibility.py)."""
     appearance: bool              # also require the appearance: similarity to the query's template
-    similarity_threshold: float   # τ: absolute floor of that cosine similarity (filters.similarity.source features)
-    relative_threshold: float     # r: ... and at least r times the point's median similarity while flow-visible
+    similarity_threshold: Annotated[float, COSINE]   # τ: absolute floor of that cosine similarity (filters.similarity.source features)
+    relative_threshold: Annotated[float, at_least(0)]     # r: ... and at least r times the point's median similarity while flow-visible
 
 
 @dataclasses.dataclass
@@ -69,15 +64,7 @@ class RefinerConfig:
     enabled: bool
     weights: str          # refiner file; empty: the packaged fusion/weights/refiner.pt
     encoder_weights: str  # RAFT-small checkpoint of the frozen encoder; empty: $PITRACK_WEIGHTS/raft-small.pth
-    resolution: str       # feature image of that encoder (stride 8)
-    window: int           # S: frames per window; windows from the query frame overlap by one
-    iterations: int       # updates per window
-    visibility: str       # refiner (its own head) | input (the integrator's) | both (visible where both say so)
-
-    def __post_init__(self):
-        from core.errors import ConfigError
-        if self.visibility not in ("refiner", "input", "both"):
-            raise ConfigError(f"refiner.visibility must be refiner, input or both, got {self.visibility!r}")
-        if int(self.window) < 2 or int(self.iterations) < 1:
-            raise ConfigError(f"refiner.window must be >= 2 and refiner.iterations >= 1, got {self.window} and "
-                              f"{self.iterations}")
+    resolution: Annotated[str, RESOLUTION]       # feature image of that encoder (stride 8)
+    window: Annotated[int, at_least(2)]           # S: frames per window; windows from the query frame overlap by one
+    iterations: Annotated[int, at_least(1)]       # updates per window
+    visibility: Annotated[str, one_of("refiner", "input", "both")]       # refiner (its own head) | input (the integrator's) | both (visible where both say so)

@@ -31,7 +31,7 @@ inside this module.
 """
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import progress_bar
 
 from core.coords import inside_frame
 from fusion.gaussian import chain_gaussian, least_sigma_index, merge_gaussians, reject_outliers
@@ -237,7 +237,7 @@ def integrate(bank, num_frames, q_xy, tq, intervals, use_inf, threshold, query_v
     if hasattr(bank, "begin"):
         bank.begin(segment)
     for name, frames, frame_steps in traversals(T, tq, intervals, use_inf, fusion):
-        for t in tqdm(frames, desc=name, disable=not progress, leave=False):
+        for t in progress_bar(frames, desc=name, enabled=progress, leave=False):
             for mode, sources, anchored_only in frame_steps:
                 _step(bank, est, t, sources(t), mode, replace_smaller, anchored_only, **common)
     return est

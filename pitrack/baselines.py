@@ -1,6 +1,6 @@
 """Reference trackers that give every later number a floor: a static tracker and OpenCV pyramidal LK."""
 import numpy as np
-from tqdm import tqdm
+from core.progress import progress_bar
 
 from core.coords import inside_frame, parse_resolution, scale_sigma, scale_xy, to_center, from_center
 
@@ -68,7 +68,7 @@ def track_klt(video, queries, config, ctx):
     visible[np.arange(N), tq] = True
     var[np.arange(N), tq] = 0.25
     steps = [(t, t + 1) for t in range(T - 1)] + [(t, t - 1) for t in range(T - 1, 0, -1)]
-    for a, b in tqdm(steps, desc="klt", disable=not ctx.progress, leave=False):
+    for a, b in progress_bar(steps, desc="klt", enabled=ctx.progress, leave=False):
         idx = np.nonzero(tq <= a)[0] if b > a else np.nonzero(tq >= a)[0]
         if idx.size == 0:
             continue

@@ -1,5 +1,6 @@
-"""YAML configs as typed dataclasses. Every key is explicit: an unknown key, a missing key or a wrong type is
-an error.
+"""YAML configs as typed dataclasses. Every key is explicit: an unknown key, a missing key, a wrong type or a
+value outside the field's range or choices (``Annotated`` checks, core/config_checks.py) is an error, and so
+is an empty file.
 
 ``configs/default.yaml`` is the one source of defaults: the dataclasses have none, and every config
 (a file, a dict, or nothing) is read as changes to that file, section by section. A config file may
@@ -11,9 +12,11 @@ import hashlib
 import json
 import os
 import typing
+from typing import Annotated
 
 import yaml
 
+from core.config_checks import RESOLUTION, above, at_least, between, check_value
 from core.errors import ConfigError
 from features.config import FeatureConfig
 from filters.config import FilterConfig
@@ -28,16 +31,16 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.yaml")
 @dataclasses.dataclass
 class KLTConfig:
     """OpenCV pyramidal Lucas–Kanade reference tracker."""
-    resolution: str  # working resolution, see coords.parse_resolution
-    win_size: int  # LK window side (px at working resolution)
-    max_level: int  # pyramid levels above the base
-    fb_threshold: float  # forward–backward error (px, working res) above which a step is 'occluded'
+    resolution: Annotated[str, RESOLUTION]  # working resolution, see coords.parse_resolution
+    win_size: Annotated[int, at_least(3)]  # LK window side (px at working resolution)
+    max_level: Annotated[int, at_least(0)]  # pyramid levels above the base
+    fb_threshold: Annotated[float, above(0)]  # forward–backward error (px, working res) above which a step is 'occluded'
 
 
 @dataclasses.dataclass
 class Config:
     tracker: str  # which tracker: static | klt | pitrack
-    seed: int
+    seed: Annotated[int, between(0, 2 ** 32 - 1)]
     flow: FlowConfig
     chain: ChainConfig
     features: FeatureConfig
@@ -76,20 +79,37 @@ def _read_yaml(path, seen=()):
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        raise ConfigError(f"config {path} is empty (to run the defaults, name configs/default.yaml or no config)")
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     base = data.pop("base", None)
     if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"config {path}: 'base' must be the path of one YAML file, got {base!r}")
         data = _merge(_read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,)), data)
     return data
 
 
 def _coerce(value, typ, key):
+    if typing.get_origin(typ) is typing.Annotated:
+        base, *checks = typing.get_args(typ)
+        value = _coerce(value, base, key)
+        problem = check_value(value, checks, key)
+        if problem:
+            raise ConfigError(problem)
+        return value
     if dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping")
         return from_dict(typ, value, prefix=key + ".")
@@ -109,8 +129,9 @@ def _coerce(value, typ, key):
 
 
 def from_dict(cls, data, prefix=""):
-    """Build dataclass ``cls`` from a dict; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
+    """Build dataclass ``cls`` from a dict; unknown keys, wrong types and values outside a field's
+    ``Annotated`` checks (core.config_checks) raise ConfigError."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -148,4 +169,8 @@ def default_section(name, **changes):
     """Section ``name`` of configs/default.yaml as its dataclass, with ``changes`` applied (for code and tests
     that build one stage alone)."""
     section = getattr(load_config(DEFAULT_CONFIG), name)
-    return dataclasses.replace(section, **changes)
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(section)})
+    if unknown:
+        raise TypeError(f"{type(section).__name__} has no field '{unknown[0]}'")
+    data = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    return from_dict(type(section), dict(data, **changes), prefix=name + ".")      # changes are checked too

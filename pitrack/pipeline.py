@@ -20,6 +20,7 @@
 Every stage takes tensors and its config section and can run alone; this module only calls them in
 order, converts coordinates between the original frames and the working rasters, and collects stats.
 """
+import os
 import time
 
 import numpy as np
@@ -101,25 +102,62 @@ def mask_source(mcfg):
         return "none"
 
 
-def similarity_features(video, config, ctx, tto_maps, tto_grid):
-    """Feature maps [T, C, gh, gw] and their grid for the similarity filter and appearance visibility."""
-    sim = config.filters.similarity
-    source = similarity_source(sim)
-    ctx.stats["similarity_source"] = source
-    if source == "tto":
-        return tto_maps, tto_grid
+def similarity_feature_config(config, source):
+    """The FeatureConfig of the similarity filter's own features (``source`` geoaware, dinov2 or raft_fnet)."""
     import dataclasses
-    from features.cache import video_features
     from core.errors import ConfigError
+    sim = config.filters.similarity
     backbones = {"geoaware": "geoaware", "dinov2": "dinov2_vitb14", "raft_fnet": "raft_small"}
     if source not in backbones:
         raise ConfigError(f"filters.similarity.source must be auto, tto, geoaware, dinov2 or raft_fnet, got {source!r}")
-    fcfg = dataclasses.replace(config.features, backbone=backbones[source], resolution=sim.resolution,
+    return dataclasses.replace(config.features, backbone=backbones[source], resolution=sim.resolution,
                                weights=sim.weights, aggregation_weights=sim.aggregation_weights,
                                random_init=sim.random_init)
-    fs = video_features(video, fcfg, _cache(ctx), ctx.progress, seed=config.seed)
+
+
+def similarity_features(video, config, ctx, tto_maps, tto_grid):
+    """Feature maps [T, C, gh, gw] and their grid for the similarity filter and appearance visibility."""
+    source = similarity_source(config.filters.similarity)
+    ctx.stats["similarity_source"] = source
+    if source == "tto":
+        return tto_maps, tto_grid
+    from features.cache import video_features
+    fs = video_features(video, similarity_feature_config(config, source), _cache(ctx), ctx.progress, seed=config.seed)
     ctx.stats.update({f"similarity_{k}": v for k, v in fs.stats.items()})
     return torch.nn.functional.normalize(fs.feats.float(), dim=1), fs.grid
+
+
+def check_weights(config):
+    """Every checkpoint ``config`` will read, resolved stage by stage before any work (the models themselves
+    load on first use): a missing or unusable file is one WeightsError naming it and where it was looked for.
+    Returns {what: path} of the files found (a framework download where a config allows one is not listed)."""
+    from features.backbones import make_backbone
+    from flow.bank import make_backend, make_uncertainty
+    found = {}
+
+    def note(what, stage):
+        for attr, name in (("weights_path", ""), ("aggregation_path", " aggregation"), ("path", " head")):
+            if getattr(stage, attr, None):
+                found[what + name] = getattr(stage, attr)
+
+    note("flow", make_backend(config.flow))                                            # 1
+    note("flow uncertainty", make_uncertainty(config.flow))
+    need_features = config.filters.similarity.enabled or config.visibility.appearance
+    if config.tto.enabled or need_features:                                            # 2
+        note("keypoint features", make_backbone(config.features, config.seed))
+        source = similarity_source(config.filters.similarity)
+        if need_features and source != "tto":                                          # 3
+            note("similarity features", make_backbone(similarity_feature_config(config, source), config.seed))
+    mcfg = config.filters.mask
+    if mask_source(mcfg) == "sam2" and not mcfg.sam2.random_init:
+        from filters.sam2_masks import checkpoint_path
+        found["sam2"] = checkpoint_path(mcfg.sam2.checkpoint)
+    if config.refiner.enabled:                                                         # 6
+        from fusion.refiner import PACKAGED, WEIGHTS_DIR
+        load_track_refiner(config)
+        found["refiner"] = config.refiner.weights or os.path.join(WEIGHTS_DIR, PACKAGED)
+        note("refiner encoder", make_backbone(refiner_feature_config(config), config.seed))
+    return found
 
 
 def object_masks(video, queries, bank, config, ctx):
@@ -142,6 +180,21 @@ def object_masks(video, queries, bank, config, ctx):
     ctx.stats.update({f"mask_{k}": v for k, v in masks.stats.items()})
     ctx.stats["mask_s"] = time.perf_counter() - t0
     return masks
+
+
+def check_feature_grid(config, hw):
+    """InputError, before any work, when frames of size ``hw`` = (H, W) give the per-video model a feature
+    grid under 3×3 cells (its refiner's smallest window): possible with ``features.resolution: native``."""
+    from core.errors import InputError
+    from features.backbones import make_backbone
+    from features.grid import feature_image_hw
+    stride = make_backbone(config.features, config.seed).stride
+    fh, fw = feature_image_hw(config.features.resolution, hw, stride)
+    if fh // stride < 3 or fw // stride < 3:
+        raise InputError(f"{hw[1]}x{hw[0]} frames give a {fw // stride}x{fh // stride} feature grid at "
+                         f"features.resolution {config.features.resolution} (stride {stride}); the per-video "
+                         f"model needs at least 3x3 cells: use larger frames or a fixed features.resolution "
+                         f"(e.g. 512x288)")
 
 
 def query_chunks(num_queries, num_frames, chain):
@@ -204,12 +257,14 @@ def track_pitrack(video, queries, config, ctx):
     N = queries.shape[0]
     chunks = query_chunks(N, T, config.chain)
     fcfg = config.filters
+    need_features = fcfg.similarity.enabled or config.visibility.appearance
+    if config.tto.enabled or need_features:
+        check_feature_grid(config, (H, W))
     refiner = load_track_refiner(config)
 
     bank = flow_bank(video, queries, config, ctx, chunks)                              # 1
     hw = bank.working_hw
     t0 = time.perf_counter()
-    need_features = fcfg.similarity.enabled or config.visibility.appearance
     fs, model, tto_maps, fgrid, maps, to_grid = None, None, None, None, None, None
     if config.tto.enabled or need_features:                                            # 2
         shared = refiner is not None and refiner_feature_config(config) == config.features

@@ -15,9 +15,9 @@ import numpy as np
 
 from pitrack.config import Config, load_config
 from core.errors import ConfigError, InputError
-from core.atomic import writable_folder
+from core.atomic import remove_stale_temporaries, writable_folder
 from core.paths import cache_root, folder_mb
-from pitrack.video import check_video
+from pitrack.video import as_numpy, check_video
 
 # tracker name -> "module:function" with signature fn(video, queries, config, context) -> (tracks, visible, sigma)
 BACKENDS = {
@@ -61,15 +61,24 @@ def dense_queries(frame, stride, height, width):
 
 
 def check_queries(queries, video_shape):
-    """Validate queries float [N, 3] rows (t, x, y) against a video of shape [T, H, W, 3]; returns float32."""
+    """Validate queries [N, 3] rows (t, x, y) (integer or real numbers; an array, a torch tensor, or
+    CoTracker's [1, N, 3]) against a video of shape [T, H, W, 3]; returns float32 [N, 3]."""
     T, H, W = video_shape[:3]
-    q = np.asarray(queries)
+    try:
+        q = np.asarray(as_numpy(queries))
+    except ValueError:
+        raise InputError("queries must be an [N, 3] array: its rows differ in length") from None
+    if q.ndim == 3 and q.shape[2] == 3:
+        if q.shape[0] != 1:
+            raise InputError(f"queries have a batch of {q.shape[0]} ([B, N, 3] = {list(q.shape)}): "
+                             f"pass the queries of one video at a time")
+        q = q[0]
     if q.ndim != 2 or q.shape[1] != 3:
         raise InputError(f"queries must have shape [N, 3] with rows (t, x, y), got {list(q.shape)}")
     if q.shape[0] == 0:
         raise InputError("queries are empty (N = 0)")
-    if not np.issubdtype(q.dtype, np.number):
-        raise InputError(f"queries must be numbers, got dtype {q.dtype}")
+    if q.dtype == bool or not (np.issubdtype(q.dtype, np.integer) or np.issubdtype(q.dtype, np.floating)):
+        raise InputError(f"queries must be real numbers (integer or float), got dtype {q.dtype}")
     q = q.astype(np.float32)
     if not np.all(np.isfinite(q)):
         raise InputError("queries contain NaN or infinity")
@@ -118,11 +127,14 @@ class TrackContext:
     def video_cache_dir(self):
         """This video's cache folder (one compact folder per video, keyed by content), created; or None when
         it cannot be created or written (one warning): then the whole call runs without the cache. A folder
-        that is readable but not writable is not read either (simple and safe: no half-cached runs)."""
+        that is readable but not writable is not read either (simple and safe: no half-cached runs). Temporary
+        files that killed runs left in it are removed (core.atomic.remove_stale_temporaries)."""
         if self._cache_ok is None:
             if self._cache_dir is None:
                 self._cache_dir = os.path.join(cache_root(), video_digest(self._video))
             self._cache_ok = writable_folder(self._cache_dir)
+            if self._cache_ok:
+                remove_stale_temporaries(self._cache_dir, recursive=True)
         return self._cache_dir if self._cache_ok else None
 
     def cache_dir_in_use(self):
@@ -138,7 +150,10 @@ class Tracker:
         if self.config.tracker not in BACKENDS:
             raise ConfigError(f"unknown tracker '{self.config.tracker}' (known: {', '.join(sorted(BACKENDS))})")
         mod, fn = BACKENDS[self.config.tracker].split(":")
-        self._backend = getattr(importlib.import_module(mod), fn)
+        module = importlib.import_module(mod)
+        self._backend = getattr(module, fn)
+        # every checkpoint the config reads, found now (a missing one fails here, before any video is read)
+        self.weights = module.check_weights(self.config) if hasattr(module, "check_weights") else {}
         self.progress = progress
         self.use_cache = use_cache
         self.cache_dir = cache_dir
@@ -150,7 +165,10 @@ class Tracker:
         return cls(load_config(path), **kwargs)
 
     def __call__(self, video, queries):
-        """Track ``queries`` [N, 3] (t, x, y original px) through ``video`` uint8 [T, H, W, 3] RGB -> TrackResult."""
+        """Track ``queries`` [N, 3] (t, x, y original px) through ``video`` uint8 [T, H, W, 3] RGB -> TrackResult.
+        Also takes CoTracker's layout: ``video`` [1, T, 3, H, W] (uint8, or float 0..255) and ``queries``
+        [1, N, 3]; numpy arrays or torch tensors (see :func:`pitrack.video.check_video`, :func:`check_queries`).
+        The result is always [N, T, 2] / [N, T] (no batch axis), corner-convention pixels."""
         video = check_video(video)
         queries = check_queries(queries, video.shape)
         ctx = TrackContext(video, self.progress, self.use_cache, self.cache_dir)
@@ -171,8 +189,9 @@ class Tracker:
         return TrackResult(tracks, visible, sigma)
 
     def dense(self, video, query_frame=0, stride=4):
-        """Track every ``stride``-th pixel of frame ``query_frame`` through ``video`` uint8 [T, H, W, 3], both
-        directions, through the same stages as sparse queries (in chunks of queries: bounded memory).
+        """Track every ``stride``-th pixel of frame ``query_frame`` through ``video`` uint8 [T, H, W, 3] (or
+        CoTracker's [1, T, 3, H, W], as for :meth:`__call__`), both directions, through the same stages as
+        sparse queries (in chunks of queries: bounded memory).
         Returns a :class:`DenseResult`; ``stats["dense_points"]`` counts the points."""
         video = check_video(video)
         T, H, W = video.shape[:3]

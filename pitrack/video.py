@@ -1,87 +1,180 @@
-"""Reading videos: a folder of frames (jpg/png, sorted by name) or a video file OpenCV can decode."""
-import contextlib
+"""Reading videos: a folder of frames (jpg/png, in natural name order) or a video file OpenCV can decode."""
 import os
-import sys
+import re
 
 import numpy as np
 
 from core.errors import InputError
+from core.images import NativeMessages, decode_image, decoder_line
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name):
+    """Sort key of a file name: its runs of digits compare as integers, the rest as text ('2.jpg' before
+    '10.jpg'; zero-padded names keep their order); names equal by that ('1.jpg', '01.jpg') by their text."""
+    parts = _DIGIT_RUNS.split(name)
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
 def list_frame_files(folder):
-    """Sorted frame file names (jpg/jpeg/png) in ``folder``."""
-    return sorted(f for f in os.listdir(folder) if f.lower().endswith(FRAME_EXTENSIONS))
+    """Frame file names (jpg/jpeg/png) in ``folder``, in natural order (:func:`natural_key`)."""
+    return sorted((f for f in os.listdir(folder) if f.lower().endswith(FRAME_EXTENSIONS)), key=natural_key)
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Silence what native decoders (FFmpeg inside OpenCV) print on file descriptor 2; our own error says it."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
+def check_max_frames(max_frames):
+    """InputError unless ``max_frames`` is None or an integer >= 1."""
+    if max_frames is None:
         return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
+        raise InputError(f"--max-frames must be >= 1, got {max_frames!r}")
 
 
 def load_video(path, max_frames=None):
-    """Video as uint8 RGB [T, H, W, 3] from a frame folder or a video file. Raises InputError on bad input."""
+    """Video as uint8 RGB [T, H, W, 3] from a frame folder or a video file; its first ``max_frames`` frames
+    when given. Raises InputError on bad input: a frame that does not decode completely (a truncated or
+    corrupt JPEG/PNG), frames of different sizes, a video file whose frames stop decoding before the count
+    its container declares."""
     import cv2
 
+    check_max_frames(max_frames)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"video not found: {path}")
-    frames = []
     if os.path.isdir(path):
-        names = list_frame_files(path)
-        if max_frames is not None:
-            names = names[:max_frames]
-        if not names:
-            raise InputError(f"video folder has no .jpg/.png frames: {path}")
-        for name in names:
-            img = cv2.imread(os.path.join(path, name), cv2.IMREAD_COLOR)
-            if img is None:
-                raise InputError(f"cannot read frame {os.path.join(path, name)}")
-            if frames and img.shape != frames[0].shape:
-                raise InputError(f"frame {name} is {img.shape[1]}x{img.shape[0]} but the first frame is "
-                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}: all frames must have one size")
-            frames.append(img)
+        frames = _read_folder(path, max_frames)
+    elif path.lower().endswith(FRAME_EXTENSIONS):
+        frames = [_read_frame(path)]                      # one image: a video of one frame
     else:
-        with _quiet_native_stderr():
-            cap = cv2.VideoCapture(path)
-            try:
-                if not cap.isOpened():
-                    raise InputError(f"cannot open video file {path}")
-                while max_frames is None or len(frames) < max_frames:
-                    ok, img = cap.read()
-                    if not ok:
-                        break
-                    if frames and img.shape != frames[0].shape:
-                        raise InputError(f"frame {len(frames)} of {path} changes size")
-                    frames.append(img)
-            finally:
-                cap.release()
-        if not frames:
-            raise InputError(f"video file has zero decodable frames: {path}")
+        frames = _read_file(path, max_frames, cv2)
     video = np.stack(frames)[..., ::-1]  # BGR -> RGB
     return np.ascontiguousarray(video)
 
 
+def _read_folder(path, max_frames):
+    names = list_frame_files(path)
+    if max_frames is not None:
+        names = names[:max_frames]
+    if not names:
+        raise InputError(f"video folder has no .jpg/.png frames: {path}")
+    frames = []
+    with NativeMessages() as messages:
+        for name in names:
+            img = _read_frame(os.path.join(path, name), messages)
+            if frames and img.shape != frames[0].shape:
+                raise InputError(f"frame {name} is {img.shape[1]}x{img.shape[0]} but the first frame is "
+                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}: all frames must have one size")
+            frames.append(img)
+    return frames
+
+
+def _read_frame(file, messages=None):
+    """One frame file, BGR, decoded completely (core.images.decode_image, reading the decoder's reports
+    from ``messages``, an open NativeMessages) or an InputError naming it."""
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read frame {file} ({e.strerror or e})") from None
+    return decode_image(data, f"frame {file}", messages)
+
+
+def _read_file(path, max_frames, cv2):
+    """Frames (BGR) of a video file. Its container's frame count, where it declares one, is the number
+    expected (up to ``max_frames``); fewer is an InputError quoting the decoder's first message."""
+    frames = []
+    with NativeMessages() as messages:
+        cap = cv2.VideoCapture(path)
+        try:
+            if not cap.isOpened():
+                raise InputError(f"cannot open video file {path}{_quote(messages.new_lines())}")
+            declared = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            declared = int(declared) if np.isfinite(declared) and declared >= 1 else None
+            while max_frames is None or len(frames) < max_frames:
+                ok, img = cap.read()
+                if not ok:
+                    break
+                if frames and img.shape != frames[0].shape:
+                    raise InputError(f"frame {len(frames)} of {path} changes size")
+                frames.append(img)
+        finally:
+            cap.release()
+        said = messages.new_lines()
+    expected = declared if max_frames is None or declared is None else min(declared, max_frames)
+    n = len(frames)
+    if not frames:
+        raise InputError(f"video file has zero decodable frames: {path}{_quote(said)}")
+    if expected is not None and n < expected:
+        raise InputError(f"video file {path} is damaged: only {n} of its {declared} frames decode{_quote(said)}; "
+                         f"use --max-frames {n} to track those {n}")
+    return frames
+
+
+def _quote(lines):
+    line = decoder_line(lines)
+    return f" (decoder: {line})" if line else ""
+
+
+def as_numpy(x):
+    """``x`` as a numpy array where it is a torch tensor (detached, copied to the CPU; bfloat16 and other
+    dtypes numpy lacks as float32), else ``x`` itself. torch is never imported here."""
+    if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        x = x.detach().cpu()
+        try:
+            return x.numpy()
+        except TypeError:
+            return x.float().numpy()
+    return x
+
+
+def _frames_array(frames):
+    """A list or tuple of frames as one array; InputError naming the first frame whose shape differs from
+    frame 0 (numpy's own error would only say 'inhomogeneous shape')."""
+    arrays = []
+    for t, f in enumerate(frames):
+        try:
+            arrays.append(np.asarray(as_numpy(f)))
+        except ValueError:
+            raise InputError(f"video frame {t} is not an array (its rows differ in length)") from None
+    frames = arrays
+    for t, f in enumerate(frames[1:], 1):
+        if f.shape != frames[0].shape:
+            raise InputError(f"video frame {t} has shape {list(f.shape)} but frame 0 has "
+                             f"{list(frames[0].shape)}: all frames must have one size")
+    return np.stack(frames) if frames else np.zeros((0,), np.uint8)
+
+
+def _from_cotracker_layout(video):
+    """[B, T, 3, H, W] with B = 1, uint8 or float values 0..255 (CoTracker's predictor input) -> uint8
+    [T, H, W, 3]."""
+    if video.shape[0] != 1:
+        raise InputError(f"video has a batch of {video.shape[0]} videos ([B, T, 3, H, W] = {list(video.shape)}): "
+                         f"pass one video at a time")
+    video = video[0].transpose(0, 2, 3, 1)
+    if video.dtype == np.uint8:
+        return video
+    if video.dtype == bool or not (np.issubdtype(video.dtype, np.floating) or np.issubdtype(video.dtype, np.integer)):
+        raise InputError(f"video [1, T, 3, H, W] must be uint8 or float 0..255, got {video.dtype}")
+    if video.size and not np.all(np.isfinite(video)):
+        raise InputError("video [1, T, 3, H, W] contains NaN or infinity")
+    if video.size and (video.min() < 0 or video.max() > 255):
+        raise InputError(f"video [1, T, 3, H, W] has values in [{video.min():g}, {video.max():g}]: they must lie in "
+                         f"0..255, as for CoTracker")
+    return np.rint(video).astype(np.uint8)
+
+
 def check_video(video):
-    """Validate a video array: uint8 [T, H, W, 3] with T >= 1. Returns it as a contiguous array."""
-    video = np.asarray(video)
+    """Validate a video: uint8 [T, H, W, 3] RGB (an array, a torch tensor, or a list of T frames [H, W, 3]),
+    or CoTracker's layout [1, T, 3, H, W] (uint8 or float 0..255) converted to it. Returns a contiguous
+    uint8 [T, H, W, 3] array with T, H, W >= 1; InputError otherwise."""
+    video = as_numpy(video)
+    video = _frames_array(video) if isinstance(video, (list, tuple)) else np.asarray(video)
+    if video.ndim == 5 and video.shape[2] == 3:
+        video = _from_cotracker_layout(video)
     if video.ndim != 4 or video.shape[-1] != 3:
-        raise InputError(f"video must have shape [T, H, W, 3], got {list(video.shape)}")
+        raise InputError(f"video must have shape [T, H, W, 3] (or CoTracker's [1, T, 3, H, W]), "
+                         f"got {list(video.shape)}")
     if video.shape[0] < 1 or video.shape[1] < 1 or video.shape[2] < 1:
         raise InputError(f"video is empty: shape {list(video.shape)}")
     if video.dtype != np.uint8:

@@ -13,6 +13,8 @@ largest displacement), laid out on the query frame's grid; pixels occluded in fr
 the two pictures as files. Colours are RGB throughout.
 """
 import colorsys
+import errno
+import os
 
 import numpy as np
 
@@ -138,17 +140,39 @@ def draw_dense(video, dense, tail=8, points=400):
     return out
 
 
+def _mp4_writer(path, fps, size):
+    import cv2
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not writer.isOpened():
+        raise InputError(f"cannot write video {path} (OpenCV has no mp4v encoder for it)")
+    return writer
+
+
+def check_video_writer():
+    """InputError unless OpenCV can encode an mp4 (a one-frame probe in a temporary folder): checked before
+    tracking, so a missing encoder does not cost a run."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="pitrack-probe-") as folder:
+        writer = _mp4_writer(os.path.join(folder, "probe.mp4"), 12, (16, 16))
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+        writer.release()
+
+
 def write_video(path, frames, fps=12):
-    """Write RGB frames uint8 [T, H, W, 3] as an mp4 (OpenCV 'mp4v'), atomically."""
+    """Write RGB frames uint8 [T, H, W, 3] as an mp4 (OpenCV 'mp4v'), atomically. OpenCV's writer does not
+    report a failed write (a full disk): the file is read back, and fewer frames than written is an OSError."""
     import cv2
     H, W = frames.shape[1:3]
     with atomic_path(path) as tmp:
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (W, H))
-        if not writer.isOpened():
-            raise InputError(f"cannot write video {path} (OpenCV has no mp4v encoder for it)")
+        writer = _mp4_writer(tmp, fps, (W, H))
         for f in frames:
             writer.write(np.ascontiguousarray(f[..., ::-1]))
         writer.release()
+        cap = cv2.VideoCapture(tmp)
+        written = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        cap.release()
+        if written != len(frames):
+            raise OSError(errno.EIO, f"the video holds {written} of its {len(frames)} frames (disk full?)")
 
 
 def write_overlay(path, video, tracks, visible, queries, fps=12, tail=8):

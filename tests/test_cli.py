@@ -196,3 +196,179 @@ def test_video_selection_is_shared_and_strict(synthetic_clip, tmp_path):
         list_videos(str(data), ["a", "zz"])
     r = run("-m", "eval.calibration", "--config", KLT, "--data", str(data), "--videos", "a,zz")
     assert r.returncode == 2 and "zz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _main_in_process(monkeypatch, argv, forbid_tracking=True):
+    """run_video.main(argv) in this process; with ``forbid_tracking`` any tracking fails the test, so an error
+    it returns was found before the work. Returns the exit code."""
+    import run_video
+    from pitrack.tracker import Tracker
+    if forbid_tracking:
+        def no_tracking(*a, **k):
+            raise AssertionError("tracking started before the error was found")
+        monkeypatch.setattr(Tracker, "__call__", no_tracking)
+    return run_video.main(["--quiet"] + argv)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("out_is_a_folder", "is a folder"),
+    ("out_under_a_file", "is a file, not a folder"),
+    ("viz_under_a_file", "is a file, not a folder"),
+    ("probe_refused", "Permission denied"),
+])
+def test_output_paths_are_checked_before_tracking(tmp_path, frames, monkeypatch, capsys, case, needle):
+    q = save_queries(tmp_path, [[0, 5, 5]])
+    (tmp_path / "a_file").write_text("x")
+    out, viz = tmp_path / "pred.npz", None
+    if case == "out_is_a_folder":
+        out.mkdir()
+    elif case == "out_under_a_file":
+        out = tmp_path / "a_file" / "sub" / "pred.npz"
+    elif case == "viz_under_a_file":
+        viz = tmp_path / "a_file" / "v.mp4"
+    else:                                   # a folder this user cannot write (root ignores chmod: simulated)
+        import tempfile
+
+        def refuse(*a, **k):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    argv = ["--video", str(frames), "--queries", q, "--config", KLT, "--out", str(out)]
+    if viz:
+        argv += ["--viz", str(viz)]
+    assert _main_in_process(monkeypatch, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert sorted(os.listdir(tmp_path)) == sorted(["a_file", "q.npy", "frames"] + (["pred.npz"] if out.is_dir() else []))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_a_read_only_output_folder(tmp_path, frames):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = run_video("--video", str(frames), "--grid", "2", "--config", KLT, "--out", str(ro / "p.npz"))
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 2 and "cannot be written" in r.stderr and os.listdir(ro) == []
+
+
+@pytest.mark.parametrize("fails", ["npz", "viz"])
+def test_a_failing_write_is_one_line_and_leaves_nothing(tmp_path, frames, monkeypatch, capsys, fails):
+    """A full disk while the results are written: exit 2, one line, neither output nor temporary left."""
+    import errno
+    import pitrack.viz as viz
+    if fails == "npz":
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(np, "savez", full)
+    else:                                   # OpenCV's writer drops frames silently when the disk fills
+        real = viz._mp4_writer
+
+        class Dropping:
+            def __init__(self, *a):
+                self.w, self.n = real(*a), 0
+
+            def write(self, f):
+                self.n += 1
+                if self.n <= 2:
+                    self.w.write(f)
+
+            def release(self):
+                self.w.release()
+        monkeypatch.setattr(viz, "_mp4_writer", Dropping)
+    out, v = tmp_path / "out" / "pred.npz", tmp_path / "out" / "v.mp4"
+    rc = _main_in_process(monkeypatch, ["--video", str(frames), "--grid", "2", "--config", KLT, "--out", str(out),
+                                        "--viz", str(v)], forbid_tracking=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "cannot write" in err[0], err
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_outputs_are_written_with_the_umask(tmp_path, frames):
+    old = os.umask(0o022)
+    try:
+        r = run_video("--video", str(frames), "--grid", "2", "--config", KLT, "--out", str(tmp_path / "p.npz"),
+                      "--viz", str(tmp_path / "p.mp4"))
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    assert [os.stat(tmp_path / f).st_mode & 0o777 for f in ("p.npz", "p.mp4")] == [0o644, 0o644]
+
+
+def test_missing_weights_stop_the_run_before_any_work(tmp_path, frames):
+    """configs/default.yaml reads raft-small.pth (keypoint features): with an empty weights folder the run stops
+    at once, one line naming the file, and no cache is written."""
+    env = dict(os.environ, PITRACK_WEIGHTS=str(tmp_path / "no_weights"), PITRACK_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run_video.py"), "--quiet", "--video", str(frames),
+                        "--grid", "2", "--out", str(tmp_path / "p.npz")], capture_output=True, text=True,
+                       timeout=120, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "raft-small.pth" in lines[0], r.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "p.npz").exists()
+
+
+def test_every_config_resolves_its_weights_when_the_tracker_is_built(tmp_path, monkeypatch):
+    from core.errors import WeightsError
+    from pitrack import Tracker
+    monkeypatch.setenv("PITRACK_WEIGHTS", str(tmp_path))
+    for cfg in ("default.yaml", "refiner.yaml", "ablations/no_filters.yaml"):
+        with pytest.raises(WeightsError, match="raft-small.pth"):
+            Tracker.from_config(os.path.join(ROOT, "configs", cfg), progress=False)
+    assert Tracker.from_config(KLT).weights == {}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--grid", "2", "--max-frames", "-3"], "--max-frames: must be >= 1"),
+    (["--grid", "2", "--max-frames", "0"], "--max-frames: must be >= 1"),
+    (["--queries", "Q", "--grid-frame", "1"], "--grid-frame applies to --grid only"),
+    (["--grid", "2", "--query-frame", "1"], "--query-frame applies to --dense only"),
+    (["--grid", "2", "--query-order", "tyx"], "--query-order applies to --queries only"),
+    (["--grid", "0"], "--grid: must be >= 1"),
+    (["--grid", "97"], "finer than the 96x64 frame"),
+    (["--dense", "0"], "--dense: must be >= 1"),
+    (["--grid", "2", "--tail", "-1"], "--tail: must be >= 0"),
+])
+def test_argument_values_are_checked(tmp_path, frames, argv, needle):
+    argv = [a if a != "Q" else save_queries(tmp_path, [[0, 5, 5]]) for a in argv]
+    r = run_video("--video", str(frames), "--config", KLT, "--out", str(tmp_path / "p.npz"), *argv)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_text_queries_are_read_and_binary_garbage_is_named(tmp_path, frames):
+    npy = save_queries(tmp_path, [[0, 40.5, 30.5], [2, 20, 10]])
+    txt, csv, bad = tmp_path / "q.txt", tmp_path / "q.csv", tmp_path / "q.bin"
+    txt.write_text("# t x y\n0 40.5 30.5\n2 20 10\n")
+    csv.write_text("0,40.5,30.5\n2,20,10  # second\n")
+    bad.write_bytes(bytes(range(256)))
+    tracks = []
+    for q in (npy, txt, csv):
+        out = tmp_path / (os.path.basename(str(q)) + ".npz")
+        r = run_video("--video", str(frames), "--queries", str(q), "--config", KLT, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        tracks.append(np.load(out)["tracks"])
+    assert np.array_equal(tracks[0], tracks[1]) and np.array_equal(tracks[0], tracks[2])
+    r = run_video("--video", str(frames), "--queries", str(bad), "--config", KLT, "--out", str(tmp_path / "p.npz"))
+    assert r.returncode == 2 and "neither a .npy array nor text rows" in r.stderr
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, frames):
+    """stderr not a terminal: no carriage-return redraws, only whole lines (core.progress.LogProgress)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run_video.py"), "--video", str(frames), "--grid", "2",
+                        "--config", KLT, "--out", str(tmp_path / "p.npz")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "\r" not in r.stderr and r.stderr.startswith("tracked 4 points"), r.stderr
+
+
+def test_log_progress_prints_a_line_per_interval_and_a_last_one():
+    import io
+    from core.progress import LogProgress
+    buf = io.StringIO()
+    bar = LogProgress(total=4, desc="flow", unit="pair", file=buf, interval=0.0)
+    bar.update(3)
+    bar.set_postfix(loss="0.5")
+    bar.update(1)
+    bar.close()
+    assert buf.getvalue().splitlines() == ["flow: 3/4 pair (75%) 0 s", "flow: 4/4 pair (100%) 0 s [loss=0.5]"]
+    buf = io.StringIO()
+    assert list(LogProgress(range(3), desc="klt", file=buf)) == [0, 1, 2] and buf.getvalue() == ""

@@ -135,3 +135,49 @@ def test_unknown_key_in_a_file_raises(tmp_path):
     p.write_text("flow:\n  batch_size: 2\n")
     c = load_config(str(p))
     assert c.flow.batch_size == 2 and c.name == "bad" and c.fusion == load_config(None).fusion
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tto": {"steps": -5}}, r"'tto\.steps' must be >= 0, got -5"),
+    ({"chain": {"occlusion_threshold": -3}}, r"'chain\.occlusion_threshold' must be in \[0, 1\], got -3"),
+    ({"klt": {"win_size": -5}}, r"'klt\.win_size' must be >= 3"),
+    ({"flow": {"var_floor": 0}}, r"'flow\.var_floor' must be > 0"),
+    ({"fusion": {"correlation": float("nan")}}, r"'fusion\.correlation' must be a finite number"),
+    ({"flow": {"backend": "raft"}}, r"'flow\.backend' must be one of raft_small \| raft_large \| dis"),
+    ({"flow": {"device": "gpu"}}, r"'flow\.device' must be auto, cpu"),
+    ({"features": {"resolution": "big"}}, r"'features\.resolution' is not a resolution"),
+    ({"tto": {"traj_check_intervals": [2, 0]}}, r"'tto\.traj_check_intervals' must be >= 1, got 0"),
+    ({"chain": {"intervals": [1, 0]}}, r"chain\.intervals: 0 must be >= 1"),
+    ({"seed": -1}, r"'seed' must be in \[0, 4294967295\]"),
+])
+def test_values_out_of_range_raise_when_the_config_is_read(change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(change)
+
+
+def test_every_range_check_admits_the_shipped_values():
+    """The checks are written beside the fields; each shipped config passes them (test_every_config_loads), and
+    the bounds are sharp: the default's value at a closed bound is accepted."""
+    assert load_config({"tto": {"steps": 0}, "chain": {"occlusion_threshold": 1.0}, "klt": {"win_size": 3}}).tto.steps == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"is empty"),
+    ("# only a comment\n", r"is empty"),
+    ("base: 5\n", r"'base' must be the path of one YAML file, got 5"),
+    ("base: [a.yaml]\n", r"'base' must be the path of one YAML file, got \['a.yaml'\]"),
+    ("- a\n- b\n", r"top level must be a mapping"),
+    ("flow: {batch_size: 2\n", r"is not valid YAML"),
+])
+def test_bad_config_files_raise_one_config_error(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(p))
+
+
+def test_a_config_that_is_not_utf8_raises(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("# r\xe9glages\nflow:\n  batch_size: 2\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text"):
+        load_config(str(p))

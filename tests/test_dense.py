@@ -198,7 +198,7 @@ def test_cli_dense_writes_contract_and_picture(tmp_path):
     cap = cv2.VideoCapture(str(viz))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     assert int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 80
-    for args, needle in [(["--dense", "0"], "stride"), (["--dense", "4", "--query-frame", "9"], "--query-frame"),
+    for args, needle in [(["--dense", "0"], "--dense: must be >= 1"), (["--dense", "4", "--query-frame", "9"], "--query-frame"),
                          (["--dense", "4", "--viz", str(tmp_path / "x.gif")], "--viz")]:
         bad = tmp_path / "bad.npz"
         r = run_video("--video", str(folder), "--config", STATIC, "--out", str(bad), *args)

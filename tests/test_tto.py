@@ -320,7 +320,8 @@ def test_resume_after_interruption_gives_the_same_model(raft_clip, tmp_path):
     first = build_model(data.feats.shape[1], cfg, seed=0)
     with pytest.raises(KeyboardInterrupt):
         train(first, data, cfg, seed=0, ckpt_path=ckpt, key="k", on_step=interrupt)
-    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    from core.checksum import load_torch
+    assert load_torch(ckpt)["step"] == 2
     second = build_model(data.feats.shape[1], cfg, seed=0)         # a new process: fresh model
     st = train(second, data, cfg, seed=0, ckpt_path=ckpt, key="k")
     assert st["tto_resumed"] and st["tto_step_start"] == 2 and st["tto_steps"] == 2
@@ -392,7 +393,7 @@ def test_random_init_dinov2_end_to_end_with_cache(tmp_path):
     xy4, _, _, st4, _ = _keypoints(video, q, tq, bank, config, None)
     assert st4["tto_steps"] == 4 and torch.equal(xy, xy4)
     # provider-only settings reuse the checkpoint; a training setting does not
-    _, _, valid3, st3, _ = _keypoints(video, q, tq, bank, _tiny_config(similarity_threshold=2.0), str(tmp_path))
+    _, _, valid3, st3, _ = _keypoints(video, q, tq, bank, _tiny_config(similarity_threshold=1.0), str(tmp_path))
     assert st3["tto_steps"] == 0 and not valid3.any()
     # the training trajectories read the flows' occlusion: another estimator means another checkpoint
     import dataclasses
@@ -482,3 +483,236 @@ def test_tracker_wires_keypoints_into_the_integrator():
     off(video, q)
     assert off.stats["tto_steps"] == 0 and "traj_count" not in off.stats
     assert "kp_obs_fraction" not in off.stats and "keypoints" not in off.extras
+
+
+# --- checkpoint integrity and interruptions inside a step ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_train_data():
+    """TrainData of a 6-frame rendered clip (random-init DINOv2 features, DIS flows) and _tiny_config's tto."""
+    from eval.synthetic import make_clip
+    from features.cache import video_features
+    from flow.bank import FlowBank
+    video, _, _ = make_clip(num_frames=6, size_hw=(60, 80), seed=2, num_points=8)
+    config = _tiny_config()
+    bank = FlowBank(video, config.flow, None, progress=False)
+    fs = video_features(video, config.features, None, seed=config.seed)
+    traj, _ = flow_trajectories(bank, config.tto)
+    data = TrainData(fs.feats, fs.images, fs.grid, traj.map_xy(lambda xy: fs.grid.from_working(xy, bank.working_hw)))
+    return data, config.tto
+
+
+def _run(data, cfg, ckpt=None, on_step=None):
+    """train() on a fresh model (seed 0, one thread). Returns (model, stats)."""
+    torch.set_num_threads(1)
+    model = build_model(data.feats.shape[1], cfg, seed=0)
+    return model, train(model, data, cfg, seed=0, ckpt_path=ckpt, key="k", on_step=on_step)
+
+
+def _reference(data, cfg, tmp_path):
+    """An uninterrupted run: its model after every completed step (step -> state dict) and its final checkpoint."""
+    import copy
+    states = {}
+    model = build_model(data.feats.shape[1], cfg, seed=0)
+    states[0] = copy.deepcopy(model.state_dict())
+    ckpt = str(tmp_path / "ref" / "k.pt")
+    torch.set_num_threads(1)
+    train(model, data, cfg, seed=0, ckpt_path=ckpt, key="k",
+          on_step=lambda s: states.__setitem__(s, copy.deepcopy(model.state_dict())))
+    from core.checksum import load_torch
+    return states, load_torch(ckpt)
+
+
+def _assert_identical(a, b, where=""):
+    """Equal nested dicts / lists of tensors and plain values, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def _flip_bit_in_tensor_data(path):
+    """Flip the lowest bit of the middle byte of the largest tensor in the torch.save zip inside ``path``
+    (the zip may follow a header). Returns the file offset changed."""
+    import io
+    import struct
+    import zipfile
+    blob = bytearray(open(path, "rb").read())
+    z0 = bytes(blob).index(b"PK\x03\x04")                     # the zip's first local header
+    with zipfile.ZipFile(io.BytesIO(bytes(blob[z0:]))) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert info.compress_type == zipfile.ZIP_STORED and info.file_size >= 64
+    h = z0 + info.header_offset
+    name_len, extra_len = struct.unpack("<HH", bytes(blob[h + 26:h + 30]))
+    pos = h + 30 + name_len + extra_len + info.file_size // 2
+    blob[pos] ^= 0x01
+    open(path, "wb").write(bytes(blob))
+    return pos
+
+
+def test_a_flipped_bit_in_the_checkpoint_is_detected_and_training_starts_over(tiny_train_data, tmp_path):
+    """A checkpoint with one bit of tensor data flipped is rejected (warning, file deleted) and the run trains
+    from step 0, landing on the model of a run from scratch, not on one resumed from the corrupt state."""
+    data, cfg = tiny_train_data
+    ref, _ = _run(data, cfg)
+    ckpt = str(tmp_path / "tto" / "k.pt")
+
+    def stop(step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, cfg, ckpt, on_step=stop)
+    _flip_bit_in_tensor_data(ckpt)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        model, st = _run(data, cfg, ckpt)
+    assert any("rejected" in str(x.message) and "sha256" in str(x.message) for x in w), [str(x.message) for x in w]
+    assert not st["tto_resumed"] and st["tto_step_start"] == 0 and st["tto_steps"] == cfg.steps
+    _assert_identical(ref.state_dict(), model.state_dict())
+    # the new checkpoint is sound: the next run loads it and has nothing to do
+    assert _run(data, cfg, ckpt)[1]["tto_steps"] == 0
+
+
+def test_checked_files_reject_any_changed_byte(tmp_path):
+    from core.checksum import ChecksumError, load_torch, save_torch
+    path = str(tmp_path / "c.pt")
+    obj = dict(a=torch.arange(100, dtype=torch.float32), n=3)
+    assert save_torch(path, obj, "test file")
+    _assert_identical(load_torch(path), obj)
+    blob = open(path, "rb").read()
+    for pos in (0, 15, 16, 47, 48, len(blob) // 2, len(blob) - 1):     # magic, digest, payload
+        bad = bytearray(blob)
+        bad[pos] ^= 0x10
+        open(path, "wb").write(bytes(bad))
+        with pytest.raises(ChecksumError):
+            load_torch(path)
+    open(path, "wb").write(blob[:-1])
+    with pytest.raises(ChecksumError):
+        load_torch(path)
+
+
+class _AdamWInterruptedAt(torch.optim.AdamW):
+    """AdamW whose update of step ``at`` (0-based; a fresh run) changes the first half of the parameters, then
+    ``interrupt()`` runs, then the rest are updated: an interruption inside the update."""
+
+    def __init__(self, params, at, interrupt, **kwargs):
+        super().__init__(params, **kwargs)
+        self.calls, self.at, self.interrupt = 0, at, interrupt
+
+    def step(self, closure=None):
+        n, self.calls = self.calls, self.calls + 1
+        if n != self.at:
+            return super().step(closure)
+        group = self.param_groups[0]
+        every = group["params"]
+        try:
+            group["params"] = every[:len(every) // 2]
+            super().step()
+            self.interrupt()
+            group["params"] = every[len(every) // 2:]
+            super().step()
+        finally:
+            group["params"] = every
+
+
+def _interrupted_optimizer(patch, at, interrupt):
+    """Patch (``patch``: a monkeypatch context) tto.train's optimiser to _AdamWInterruptedAt; the list of those
+    made."""
+    import tto.train as tto_train
+    made = []
+
+    def make(model, cfg):
+        made.append(_AdamWInterruptedAt(model.parameters(), at, interrupt, lr=float(cfg.lr),
+                                        weight_decay=float(cfg.weight_decay)))
+        return made[-1]
+
+    patch.setattr(tto_train, "make_optimizer", make)
+    return made
+
+
+def test_an_interruption_inside_the_update_saves_no_partly_updated_model(tiny_train_data, tmp_path, monkeypatch):
+    """KeyboardInterrupt raised in the middle of step 3's update (half the parameters changed): the checkpoint
+    left is a step boundary (step 2, the model of an uninterrupted run after 2 steps), and resuming from it
+    ends bit for bit on the uninterrupted run's parameters, optimiser state and loss history."""
+    data, cfg = tiny_train_data
+    cfg = dataclasses.replace(cfg, steps=5, checkpoint_every=2)
+    states, ref_ckpt = _reference(data, cfg, tmp_path)
+    ckpt = str(tmp_path / "tto" / "k.pt")
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        made = _interrupted_optimizer(patch, 3, ctrl_c)
+        _run(data, cfg, ckpt)
+    assert made[0].calls == 4
+    from core.checksum import load_torch
+    left = load_torch(ckpt)
+    assert left["step"] == 2 and left["history"].shape[0] == 2
+    _assert_identical(states[2], left["model"])
+    model, st = _run(data, cfg, ckpt)
+    assert st["tto_resumed"] and st["tto_step_start"] == 2 and st["tto_steps"] == 3
+    _assert_identical(states[cfg.steps], model.state_dict())
+    _assert_identical(ref_ckpt, load_torch(ckpt))
+
+
+def test_ctrl_c_inside_a_step_stops_after_the_step_is_complete_and_saved(tiny_train_data, tmp_path, monkeypatch):
+    """A real SIGINT delivered in the middle of step 2's update: the step completes, is saved as step 3 (the
+    uninterrupted model after 3 steps), then KeyboardInterrupt is raised and the SIGINT handler restored;
+    resuming ends bit for bit on the uninterrupted run."""
+    import signal
+    data, cfg = tiny_train_data
+    cfg = dataclasses.replace(cfg, steps=5, checkpoint_every=2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    states, ref_ckpt = _reference(data, cfg, tmp_path)
+    ckpt = str(tmp_path / "tto" / "k.pt")
+    seen = []
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        made = _interrupted_optimizer(patch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+        _run(data, cfg, ckpt, on_step=seen.append)
+    assert made[0].calls == 3 and seen == [1, 2]              # no later step started, step 3 not reported
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    from core.checksum import load_torch
+    left = load_torch(ckpt)
+    assert left["step"] == 3 and left["history"].shape[0] == 3
+    _assert_identical(states[3], left["model"])
+    model, st = _run(data, cfg, ckpt)
+    assert st["tto_resumed"] and st["tto_step_start"] == 3 and st["tto_steps"] == 2
+    _assert_identical(states[cfg.steps], model.state_dict())
+    _assert_identical(ref_ckpt, load_torch(ckpt))
+
+
+def test_sigint_is_left_alone_under_an_application_handler_and_in_other_threads(tiny_train_data, tmp_path,
+                                                                                 monkeypatch):
+    """With a SIGINT handler of the application's own, train() neither replaces it nor stops: a SIGINT inside a
+    step reaches that handler and the run completes. In a thread other than the main one it runs normally."""
+    import signal
+    import threading
+    data, cfg = tiny_train_data
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        with monkeypatch.context() as patch:
+            _interrupted_optimizer(patch, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+            try:
+                _, st = _run(data, cfg, str(tmp_path / "a" / "k.pt"))
+            except KeyboardInterrupt:
+                pytest.fail("train() replaced the application's SIGINT handler")
+        assert got == [signal.SIGINT] and st["tto_steps"] == cfg.steps
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(_run(data, cfg, str(tmp_path / "b" / "k.pt"))[1]))
+    worker.start()
+    worker.join()
+    assert out["tto_steps"] == cfg.steps and signal.getsignal(signal.SIGINT) is previous

@@ -23,8 +23,12 @@ cosine decay to lr·lr_min_ratio at ``steps``. Determinism holds for a fixed CPU
 Resume. All of a step's sampling comes from ``numpy.random.default_rng([seed, step])``,
 so step k draws the same data whether the run is fresh or resumed. A checkpoint (model, optimiser,
 step, loss history, key) is written atomically every ``checkpoint_every`` steps, at the end, and when
-the run is interrupted between steps (KeyboardInterrupt or any error); a later run with the same key
-loads it and continues from its step (a complete one means no training at all). A checkpoint that
+the run is interrupted (KeyboardInterrupt or any error) at a step boundary; a later run with the same
+key loads it and continues from its step (a complete one means no training at all). Checkpoints hold
+only step boundaries: an interruption inside the optimiser's update (which changes the parameters one
+by one) saves nothing, and in the main thread Ctrl-C (SIGINT) is deferred to the end of the step it
+arrives in (the step completes, is saved, then KeyboardInterrupt is raised; a second Ctrl-C raises at
+once). The file carries the sha256 of its content (core.checksum): a checkpoint that fails that check,
 does not load or does not match is deleted and training starts over.
 """
 import dataclasses
@@ -32,15 +36,18 @@ import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 import typing
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from core.atomic import discard_cache_file
+from core.checksum import load_torch, save_torch
+from core.progress import progress_bar
 from core.sampling import sample_map
 from tto.model import TTOModel
 from tto.pairs import Trajectories, best_buddies
@@ -246,7 +253,7 @@ def load_checkpoint(path, key, model, opt, steps):
     before = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     why = None
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = load_torch(path)                      # ChecksumError when any byte changed
         if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
             why = "unknown format"
         elif ck.get("key") != key:
@@ -273,19 +280,55 @@ def load_checkpoint(path, key, model, opt, steps):
 
 
 def save_checkpoint(path, key, model, opt, step, history):
-    """Write the checkpoint atomically; False (one warning, training goes on) when it cannot be written."""
-    from core.atomic import cache_write
-    return cache_write(path, lambda tmp: torch.save(dict(format=CKPT_FORMAT, key=key, step=int(step),
-                                                         model=model.state_dict(), optim=opt.state_dict(),
-                                                         history=history), tmp),
-                       "TTO checkpoint", suffix=".pt")
+    """Write the checkpoint atomically with the sha256 of its content (core.checksum.save_torch); False (one
+    warning, training goes on) when it cannot be written."""
+    return save_torch(path, dict(format=CKPT_FORMAT, key=key, step=int(step), model=model.state_dict(),
+                                 optim=opt.state_dict(), history=history), "TTO checkpoint")
+
+
+class _DeferredSigint:
+    """Within ``with``, in the main thread and while SIGINT has Python's default handler: the first SIGINT is
+    only recorded (``pending``), to be acted on by the caller at a safe point; a second one raises
+    KeyboardInterrupt at once. The previous handler is restored on exit. Elsewhere (another thread, where
+    ``signal.signal`` is refused, or a handler installed by the application) nothing changes and
+    ``pending`` stays False."""
+
+    def __init__(self):
+        self.pending = False
+        self._installed = False
+
+    def _record(self, signum, frame):
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            try:
+                signal.signal(signal.SIGINT, self._record)
+                self._installed = True
+            except ValueError:                     # e.g. a non-main interpreter
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+        return False
 
 
 def train(model: TTOModel, data: TrainData, cfg, seed=0, ckpt_path=None, key="", progress=False, on_step=None):
     """Optimise ``model`` on ``data`` for ``cfg.steps`` steps (resuming from ``ckpt_path`` when it holds a
     checkpoint of ``key``). ``on_step(step)`` is called after each completed step (tests interrupt with it).
     Returns stats: tto_steps (run now), tto_step_start, tto_s, tto_resumed, tto_loss_first / tto_loss_last
-    (mean loss of the first / last ≤ 10 steps run now)."""
+    (mean loss of the first / last ≤ 10 steps run now).
+
+    Interrupted (KeyboardInterrupt or any error), it saves the last completed step unless already saved,
+    and re-raises. ``updating`` marks the span from ``opt.step()`` to the step's history row: an interruption
+    there leaves a partly updated model, which is never saved (the last checkpoint stays). In the main
+    thread a Ctrl-C is deferred to the end of its step (see :class:`_DeferredSigint`)."""
     t0 = time.perf_counter()
     opt = make_optimizer(model, cfg)
     steps = int(cfg.steps)
@@ -294,35 +337,38 @@ def train(model: TTOModel, data: TrainData, cfg, seed=0, ckpt_path=None, key="",
     if got is not None:
         start, history = got
     model.train()
-    step = start
+    step = start                                   # steps completed: model, optimiser and history agree
+    updating = False
     saved_at = start if got is not None else -1
-    bar = tqdm(total=steps, initial=start, desc="tto", disable=not progress, leave=False)
+    bar = progress_bar(total=steps, initial=start, desc="tto", enabled=progress, leave=False)
     try:
-        for step in range(start, steps):
-            batch = sample_step(data, cfg, seed, step)
-            lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            parts = step_losses(model, data, cfg, batch)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            row = torch.tensor([[float(step)] + [float(parts[k].detach()) for k in LOSS_NAMES]])
-            history = torch.cat([history, row])
-            bar.update(1)
-            bar.set_postfix({k: f"{float(v):.3f}" for k, v in zip(LOSS_NAMES, row[0, 1:].tolist())})
-            done = step + 1
-            if ckpt_path is not None and (done % max(1, int(cfg.checkpoint_every)) == 0 or done == steps):
-                save_checkpoint(ckpt_path, key, model, opt, done, history)
-                saved_at = done
-            step = done
-            if on_step is not None:
-                on_step(done)
+        with _DeferredSigint() as sigint:
+            for k in range(start, steps):
+                batch = sample_step(data, cfg, seed, k)
+                lr = lr_at(k, cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                parts = step_losses(model, data, cfg, batch)
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                row = torch.tensor([[float(k)] + [float(parts[n].detach()) for n in LOSS_NAMES]])
+                updating = True
+                opt.step()
+                history = torch.cat([history, row])
+                step = k + 1
+                updating = False
+                bar.update(1)
+                bar.set_postfix({n: f"{float(v):.3f}" for n, v in zip(LOSS_NAMES, row[0, 1:].tolist())})
+                if ckpt_path is not None and (sigint.pending or step == steps
+                                              or step % max(1, int(cfg.checkpoint_every)) == 0):
+                    save_checkpoint(ckpt_path, key, model, opt, step, history)
+                    saved_at = step
+                if sigint.pending:
+                    raise KeyboardInterrupt
+                if on_step is not None:
+                    on_step(step)
     except BaseException:
-        # interrupted between steps (or in one: its update is either complete or not started, since
-        # opt.step() is the last thing a step changes): keep what was done
-        if ckpt_path is not None and step != saved_at and step > start and int(history.shape[0]) and \
-                int(history[-1, 0]) + 1 == step:
+        if ckpt_path is not None and not updating and step > start and step != saved_at:
             save_checkpoint(ckpt_path, key, model, opt, step, history)
         raise
     finally:
