@@ -655,12 +655,18 @@ def test_an_interruption_inside_the_update_saves_no_partly_updated_model(tiny_tr
         made = _interrupted_optimizer(patch, 3, ctrl_c)
         _run(data, cfg, ckpt)
     assert made[0].calls == 4
+    _assert_left_at_step_and_resumes(data, cfg, ckpt, 2, states, ref_ckpt)
+
+
+def _assert_left_at_step_and_resumes(data, cfg, ckpt, step, states, ref_ckpt):
+    """The checkpoint at ``ckpt`` holds the uninterrupted run after ``step`` steps, and resuming from it ends bit
+    for bit on the uninterrupted run's model and checkpoint."""
     from core.checksum import load_torch
     left = load_torch(ckpt)
-    assert left["step"] == 2 and left["history"].shape[0] == 2
-    _assert_identical(states[2], left["model"])
+    assert left["step"] == step and left["history"].shape[0] == step
+    _assert_identical(states[step], left["model"])
     model, st = _run(data, cfg, ckpt)
-    assert st["tto_resumed"] and st["tto_step_start"] == 2 and st["tto_steps"] == 3
+    assert st["tto_resumed"] and st["tto_step_start"] == step and st["tto_steps"] == cfg.steps - step
     _assert_identical(states[cfg.steps], model.state_dict())
     _assert_identical(ref_ckpt, load_torch(ckpt))
 
@@ -681,14 +687,7 @@ def test_ctrl_c_inside_a_step_stops_after_the_step_is_complete_and_saved(tiny_tr
         _run(data, cfg, ckpt, on_step=seen.append)
     assert made[0].calls == 3 and seen == [1, 2]              # no later step started, step 3 not reported
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    from core.checksum import load_torch
-    left = load_torch(ckpt)
-    assert left["step"] == 3 and left["history"].shape[0] == 3
-    _assert_identical(states[3], left["model"])
-    model, st = _run(data, cfg, ckpt)
-    assert st["tto_resumed"] and st["tto_step_start"] == 3 and st["tto_steps"] == 2
-    _assert_identical(states[cfg.steps], model.state_dict())
-    _assert_identical(ref_ckpt, load_torch(ckpt))
+    _assert_left_at_step_and_resumes(data, cfg, ckpt, 3, states, ref_ckpt)
 
 
 def test_sigint_is_left_alone_under_an_application_handler_and_in_other_threads(tiny_train_data, tmp_path,
