@@ -242,6 +242,19 @@ def load_head(path, backend):
     return head.eval(), dict(ckpt.get("meta", {}))
 
 
+def head_path(backend, weights=""):
+    """The head file of flow backend ``backend``: ``weights`` when given, else the packaged one (flow/weights/).
+    ConfigError when there is no packaged head for the backend, WeightsError when the file does not exist."""
+    if not weights and backend not in PACKAGED:
+        raise ConfigError(f"flow.uncertainty: learned has no packaged head for flow backend '{backend}' "
+                          f"(packaged: {', '.join(PACKAGED)}; or give flow.uncertainty_weights)")
+    path = weights or os.path.join(WEIGHTS_DIR, PACKAGED[backend])
+    if not os.path.isfile(path):
+        raise WeightsError(f"learned flow uncertainty: no weights file {path} (train them: "
+                           f"python -m flow.train_uncertainty --backend {backend})")
+    return path
+
+
 class LearnedUncertainty:
     """Occlusion and variance from a trained head: :meth:`maps` when a pair's flows are computed,
     :meth:`at_points` when the integrator samples them."""
@@ -249,12 +262,9 @@ class LearnedUncertainty:
     needs_maps = True
 
     def __init__(self, backend, weights="", var_max=1.0e4):
-        if not weights and backend not in PACKAGED:
-            raise ConfigError(f"flow.uncertainty: learned has no packaged head for flow backend '{backend}' "
-                              f"(packaged: {', '.join(PACKAGED)}; or give flow.uncertainty_weights)")
         self.backend = backend
         self.from_features = backend != "dis"      # RAFT: the head reads the network's own features
-        self.path = weights or os.path.join(WEIGHTS_DIR, PACKAGED[backend])
+        self.path = head_path(backend, weights)
         self.head, self.meta = load_head(self.path, backend)
         self.var_max = float(var_max)
         self.sha = file_sha256(self.path)[:16]

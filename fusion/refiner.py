@@ -248,16 +248,21 @@ def save_refiner(path, model, meta):
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}, path)
 
 
+def refiner_path(path=""):
+    """``path``, or the packaged fusion/weights/refiner.pt when empty; WeightsError when the file does not exist."""
+    path = path or os.path.join(WEIGHTS_DIR, PACKAGED)
+    if not os.path.isfile(path):
+        raise WeightsError(f"track refiner: no weights file {path} (train them: python -m fusion.train_refiner)")
+    return path
+
+
 def load_refiner(path=""):
     """(model, meta) from ``path`` (empty: the packaged fusion/weights/refiner.pt), checked: format,
     architecture, tensor names and shapes, finite values; anything else is refused with one WeightsError."""
     from core.checkpoints import load_strictly
-    path = path or os.path.join(WEIGHTS_DIR, PACKAGED)
+    path = refiner_path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"track refiner: no weights file {path} (train them: python -m fusion.train_refiner)") \
-            from None
     except Exception as e:  # noqa: BLE001 - truncated or foreign file
         raise WeightsError(f"track refiner: {path} is not a readable weights file ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != REFINER_FORMAT or "state_dict" not in ckpt:

@@ -20,7 +20,6 @@
 Every stage takes tensors and its config section and can run alone; this module only calls them in
 order, converts coordinates between the original frames and the working rasters, and collects stats.
 """
-import os
 import time
 
 import numpy as np
@@ -130,18 +129,22 @@ def similarity_features(video, config, ctx, tto_maps, tto_grid):
 def check_weights(config):
     """Every checkpoint ``config`` will read, resolved stage by stage before any work (the models themselves
     load on first use): a missing or unusable file is one WeightsError naming it and where it was looked for.
-    Returns {what: path} of the files found (a framework download where a config allows one is not listed)."""
+    Returns {what: path} of the files found (a framework download where a config allows one is not listed).
+    Files that are loaded here in full to be checked would be loaded twice: the learned uncertainty head and
+    the refiner are only found here, and checked when their stage loads them."""
     from features.backbones import make_backbone
-    from flow.bank import make_backend, make_uncertainty
+    from flow.bank import make_backend
     found = {}
 
     def note(what, stage):
-        for attr, name in (("weights_path", ""), ("aggregation_path", " aggregation"), ("path", " head")):
+        for attr, name in (("weights_path", ""), ("aggregation_path", " aggregation")):
             if getattr(stage, attr, None):
                 found[what + name] = getattr(stage, attr)
 
     note("flow", make_backend(config.flow))                                            # 1
-    note("flow uncertainty", make_uncertainty(config.flow))
+    if config.flow.uncertainty == "learned":
+        from flow.learned_uncertainty import head_path
+        found["flow uncertainty head"] = head_path(config.flow.backend, config.flow.uncertainty_weights)
     need_features = config.filters.similarity.enabled or config.visibility.appearance
     if config.tto.enabled or need_features:                                            # 2
         note("keypoint features", make_backbone(config.features, config.seed))
@@ -153,9 +156,8 @@ def check_weights(config):
         from filters.sam2_masks import checkpoint_path
         found["sam2"] = checkpoint_path(mcfg.sam2.checkpoint)
     if config.refiner.enabled:                                                         # 6
-        from fusion.refiner import PACKAGED, WEIGHTS_DIR
-        load_track_refiner(config)
-        found["refiner"] = config.refiner.weights or os.path.join(WEIGHTS_DIR, PACKAGED)
+        from fusion.refiner import refiner_path
+        found["refiner"] = refiner_path(config.refiner.weights)
         note("refiner encoder", make_backbone(refiner_feature_config(config), config.seed))
     return found
 

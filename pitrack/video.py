@@ -36,8 +36,6 @@ def load_video(path, max_frames=None):
     when given. Raises InputError on bad input: a frame that does not decode completely (a truncated or
     corrupt JPEG/PNG), frames of different sizes, a video file whose frames stop decoding before the count
     its container declares."""
-    import cv2
-
     check_max_frames(max_frames)
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -47,7 +45,7 @@ def load_video(path, max_frames=None):
     elif path.lower().endswith(FRAME_EXTENSIONS):
         frames = [_read_frame(path)]                      # one image: a video of one frame
     else:
-        frames = _read_file(path, max_frames, cv2)
+        frames = _read_file(path, max_frames)
     video = np.stack(frames)[..., ::-1]  # BGR -> RGB
     return np.ascontiguousarray(video)
 
@@ -80,9 +78,10 @@ def _read_frame(file, messages=None):
     return decode_image(data, f"frame {file}", messages)
 
 
-def _read_file(path, max_frames, cv2):
+def _read_file(path, max_frames):
     """Frames (BGR) of a video file. Its container's frame count, where it declares one, is the number
     expected (up to ``max_frames``); fewer is an InputError quoting the decoder's first message."""
+    import cv2
     frames = []
     with NativeMessages() as messages:
         cap = cv2.VideoCapture(path)

@@ -316,6 +316,16 @@ def test_every_config_resolves_its_weights_when_the_tracker_is_built(tmp_path, m
         with pytest.raises(WeightsError, match="raft-small.pth"):
             Tracker.from_config(os.path.join(ROOT, "configs", cfg), progress=False)
     assert Tracker.from_config(KLT).weights == {}
+    # the packaged files are found without loading them; a missing one is named when the tracker is built
+    from pitrack.config import load_config
+    mft_learned = os.path.join(ROOT, "configs", "flow_variants", "mft-learned-uncertainty.yaml")
+    assert Tracker(load_config(mft_learned)).weights["flow uncertainty head"].endswith("dis_uncertainty.pt")
+    missing = str(tmp_path / "missing.pt")
+    with pytest.raises(WeightsError, match="learned flow uncertainty: no weights file .*missing.pt"):
+        Tracker(load_config(mft_learned, overrides={"flow": {"uncertainty_weights": missing}}))
+    with pytest.raises(WeightsError, match="track refiner: no weights file .*missing.pt"):
+        Tracker(load_config({"tto": {"enabled": False}, "filters": {"similarity": {"enabled": False}},
+                             "visibility": {"appearance": False}, "refiner": {"enabled": True, "weights": missing}}))
 
 
 @pytest.mark.parametrize("argv, needle", [
