@@ -2,6 +2,10 @@
 
     python -m eval.calibration --config configs/X.yaml --data DIR --mode first|strided [--videos a,b] [--by-distance]
                                [--fit-drift]
+    python -m eval.calibration --preds FOLDER --data DIR --mode first|strided ...
+
+``--preds`` scores the predictions ``eval.bench --save-pred`` kept (FOLDER/<video>.npz: tracks, visible, sigma,
+queries) instead of tracking again; each must have been made with the video's queries of that mode.
 
 Over the scored frames where the ground truth and the prediction are both visible, in the 256×256
 raster: median σ, median error, the fraction of errors below σ and below 2σ, and Spearman's rank
@@ -45,6 +49,23 @@ def sigma_errors(video, result, mode):
     use = scored & ~video.occluded[index] & result.visible
     distance = np.abs(np.arange(video.num_frames)[None, :] - queries[:, :1].astype(np.int64))
     return sig[use], err[use], distance[use], video.occluded[index][scored], ~result.visible[scored]
+
+
+def saved_prediction(folder, video, mode):
+    """The prediction ``eval.bench --save-pred`` kept for ``video`` in ``folder``: tracks, visible, sigma (original px),
+    checked to answer the video's queries of ``mode``."""
+    import os
+    from types import SimpleNamespace
+    from eval.score import check_queries, load_prediction
+    path = os.path.join(folder, video.name + ".npz")
+    if not os.path.isfile(path):
+        raise InputError(f"no saved prediction {path} (eval.bench --save-pred keeps them)")
+    pred = load_prediction(path)
+    for k in ("tracks", "visible", "sigma", "queries"):
+        if k not in pred:
+            raise InputError(f"{path}: the prediction has no '{k}' array")
+    check_queries(video, pred, mode)
+    return SimpleNamespace(tracks=pred["tracks"], visible=pred["visible"].astype(bool), sigma=pred["sigma"])
 
 
 def spearman(a, b):
@@ -127,7 +148,9 @@ def rounded(d):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m eval.calibration", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="track each video with this config")
+    source.add_argument("--preds", help="folder of saved predictions (eval.bench --save-pred) to score instead")
     p.add_argument("--data", required=True)
     p.add_argument("--mode", choices=["first", "strided"], default="first")
     p.add_argument("--videos")
@@ -135,20 +158,23 @@ def main(argv=None):
     p.add_argument("--fit-drift", action="store_true", help="fit chain.drift_var (run with drift_var 0)")
     args = p.parse_args(argv)
     try:
-        from pitrack import Tracker
-        tracker = Tracker.from_config(args.config, progress=False)
         refs = list_videos(args.data, args.videos)
+        if args.config:
+            from pitrack import Tracker
+            tracker = Tracker.from_config(args.config, progress=False)
         parts = []
         for ref in refs:
             video = ref.open()
             if not isinstance(video, TapVidVideo):
                 raise InputError(f"{ref.source}: calibration needs TAP-Vid format ground truth")
             q, _ = video.queries(args.mode)
-            sig, err, distance, truth_occ, pred_occ = sigma_errors(video, tracker(video.load_frames(), q), args.mode)
+            result = saved_prediction(args.preds, video, args.mode) if args.preds else tracker(video.load_frames(), q)
+            sig, err, distance, truth_occ, pred_occ = sigma_errors(video, result, args.mode)
             scale = np.full(sig.shape, float(scale_sigma(1.0, video.size_hw, SCORING_SIZE)))
             parts.append((sig, err, distance, truth_occ, pred_occ, scale, np.full(sig.shape, len(parts))))
         sig, err, distance, truth_occ, pred_occ, scale, index = (np.concatenate(v) for v in zip(*parts))
-        out = {"config": tracker.config.name, "mode": args.mode, "videos": len(refs)}
+        out = {"config": tracker.config.name if args.config else None, "preds": args.preds, "mode": args.mode,
+               "videos": len(refs)}
         out.update(summarize(sig, err, truth_occ, pred_occ))
         if args.by_distance:
             out["by_distance"] = by_distance(sig, err, distance)

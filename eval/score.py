@@ -37,13 +37,18 @@ def score_prediction(video, pred, mode):
     for k in ("tracks", "visible"):
         if k not in pred:
             raise InputError(f"prediction has no '{k}' array")
+    check_queries(video, pred, mode)
+    return video.score(pred["tracks"], pred["visible"], mode)
+
+
+def check_queries(video, pred, mode):
+    """InputError unless the prediction's ``queries`` (where it has them) are ``video``'s queries of ``mode``."""
     expected, _ = video.queries(mode)
     if "queries" in pred:
         q = np.asarray(pred["queries"])
         if q.shape != expected.shape or not np.allclose(q, expected, atol=1e-3):
             raise InputError(f"prediction was made with other queries than {video.name}'s '{mode}' queries "
                              f"({q.shape[0]} given, {expected.shape[0]} expected)")
-    return video.score(pred["tracks"], pred["visible"], mode)
 
 
 def main(argv=None):

@@ -66,7 +66,10 @@ def make_uncertainty(cfg):
     if cfg.uncertainty == "learned":
         from flow.learned_uncertainty import LearnedUncertainty
         return LearnedUncertainty(cfg.backend, cfg.uncertainty_weights, cfg.var_max)
-    raise ConfigError(f"unknown flow.uncertainty '{cfg.uncertainty}' (known: fb, learned)")
+    if cfg.uncertainty == "learned_variance":
+        from flow.learned_uncertainty import LearnedVariance
+        return LearnedVariance(cfg.backend, cfg.uncertainty_weights, FBUncertainty.from_config(cfg))
+    raise ConfigError(f"unknown flow.uncertainty '{cfg.uncertainty}' (known: fb, learned, learned_variance)")
 
 
 def uses_disk_cache(cfg):
@@ -96,6 +99,7 @@ class FlowBank:
         self._backend = make_backend(cfg)
         self._uncertainty = make_uncertainty(cfg)
         self.uncertainty_id = self._uncertainty.cache_id()
+        self.occlusion_id = self._uncertainty.occlusion_id()     # what decides the occlusion probabilities alone
         self._map_shape = self._uncertainty.set_working_size(self.working_hw) if self._uncertainty.needs_maps else None
         self.pair_bytes = 8 * self.working_hw[0] * self.working_hw[1] + (
             8 * self._map_shape[1] * self._map_shape[2] if self._map_shape else 0)
@@ -108,6 +112,8 @@ class FlowBank:
         self.key_fields = self._key_fields()
         self._stats["key_s"] = time.perf_counter() - t0
         self.key = hashlib.sha256(json.dumps(self.key_fields, sort_keys=True).encode()).hexdigest()[:16]
+        flow_fields = {k: v for k, v in self.key_fields.items() if k != "maps"}
+        self.flows_key = hashlib.sha256(json.dumps(flow_fields, sort_keys=True).encode()).hexdigest()[:16]  # the flows alone
         self.cache_folder = None
         if cache_dir is not None and uses_disk_cache(cfg):
             self.cache_folder = os.path.join(os.fspath(cache_dir), "flows", self.key)

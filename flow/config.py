@@ -18,8 +18,9 @@ class FlowConfig:
     allow_download: bool  # no checkpoint file found: let torchvision download its own RAFT weights (needs internet)
     device: Annotated[str, DEVICE]  # RAFT device: auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     # Occlusion / uncertainty of every flow field: fb = forward–backward formulas (flow/occlusion.py),
-    # learned = a head trained on synthetic videos (flow/learned_uncertainty.py).
-    uncertainty: Annotated[str, one_of("fb", "learned")]
+    # learned = a head trained on synthetic videos (flow/learned_uncertainty.py); learned_variance = the head's
+    # variance with the formulas' occlusion.
+    uncertainty: Annotated[str, one_of("fb", "learned", "learned_variance")]
     uncertainty_weights: str  # learned: head file; empty: the packaged head of the backend (flow/weights/)
     fb_tau: Annotated[float, above(0)]  # τ0 (working px): FB residual scale of a visible pixel; p_occ(r=τ0) ≈ 0.39, (2τ0) ≈ 0.86
     fb_alpha: Annotated[float, at_least(0)]  # τ² = τ0² + α·(|F_ab|² + |F_ba(p+F_ab)|²): large motions are allowed larger residuals

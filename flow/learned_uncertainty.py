@@ -278,6 +278,9 @@ class LearnedUncertainty:
     def cache_id(self):
         return {"uncertainty": "learned", "head": self.sha}
 
+    def occlusion_id(self):
+        return self.cache_id()
+
     def still_map(self, shape):
         """The map of a frame to itself: not occluded, least variance. float16 ``shape`` = (2, h', w')."""
         m = np.empty(shape, np.float16)
@@ -307,3 +310,23 @@ class LearnedUncertainty:
         return (np.where(outside, np.float32(1.0), occ).astype(np.float32),
                 np.where(outside, np.float32(self.var_max), var).astype(np.float32))
 
+
+
+class LearnedVariance(LearnedUncertainty):
+    """``flow.uncertainty: learned_variance``: the head's variance with the occlusion probability of the
+    forward–backward formulas ``fb`` (an :class:`flow.occlusion.FBUncertainty`), evaluated exactly at each point."""
+
+    def __init__(self, backend, weights, fb):
+        super().__init__(backend, weights, fb.params["var_max"])
+        self.fb = fb
+
+    def cache_id(self):
+        return {"uncertainty": "learned_variance", "head": self.sha, "occlusion": self.fb.cache_id()}
+
+    def occlusion_id(self):
+        return self.fb.occlusion_id()
+
+    def at_points(self, maps, points, outside, d_ab, d_ba):
+        _, var = super().at_points(maps, points, outside, d_ab, d_ba)
+        occ, _ = self.fb.at_points(d_ab.numpy(), d_ba.numpy(), outside)
+        return occ, var

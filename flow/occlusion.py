@@ -128,6 +128,10 @@ class FBUncertainty:
         """What determines this estimator's outputs (for the keys of anything trained on them)."""
         return dict(uncertainty="fb", **self.params)
 
+    def occlusion_id(self):
+        """What determines the occlusion probabilities alone."""
+        return self.cache_id()
+
     def at_points(self, d_ab, d_ba, outside):
         """The same formulas at single points: ``d_ab`` [..., 2] = F_ab(p), ``d_ba`` [..., 2] = F_ba(p + F_ab(p)),
         ``outside`` [...] (p + F_ab(p) left the frame). Returns occlusion [...] and variance [...] (numpy)."""

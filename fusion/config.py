@@ -42,6 +42,7 @@ class FusionConfig:
     """How the candidates of a frame become one estimate (YAML section ``fusion``)."""
     probabilistic: bool  # merge visible candidates by inverse variance; False: take the least σ
     correlation: Annotated[float, PROBABILITY]  # ρ between candidates' errors in the merge (0: independent, 1: no reduction)
+    spread_variance: bool  # the merged σ² also adds the candidates' weighted scatter (law of total variance)
     outlier_removal: bool  # drop candidates far from the least-σ visible one before merging
     outlier_radius: Annotated[float, above(0)]  # px at the original resolution
     backward: bool  # a sweep from the last frame toward the first with backward flows

@@ -22,7 +22,7 @@ def merge_weights(var, mask):
     return inv / torch.where(total > 0, total, torch.ones_like(total))
 
 
-def merge_gaussians(mean, var, mask, rho):
+def merge_gaussians(mean, var, mask, rho, spread=False):
     """Fuse K estimates whose errors are pairwise correlated with coefficient ρ.
 
     Mean: x = Σ w_i x_i with the inverse-variance weights of :func:`merge_weights`. Variance of that
@@ -33,6 +33,15 @@ def merge_gaussians(mean, var, mask, rho):
     ρ = 0 gives σ² = 1 / Σ 1/σ_i² (the product of independent Gaussians); ρ = 1 gives (Σ w_i σ_i)², which
     for equal σ_i is σ² itself: correlated estimates bring no variance reduction. Candidates of one
     point share frames and flows, so their errors are correlated; 0 < ρ < 1 sits between the two.
+
+    ``spread``: add the candidates' weighted scatter about the merged mean, per axis,
+
+        σ² += ½ Σ_i w_i ‖x_i − x‖²,
+
+    the between-candidates term of the law of total variance (the merge read as a mixture whose
+    component i holds the point with probability w_i). The formula above measures only how far the
+    candidates *could* be apart; this term adds how far they *are* apart, so disagreeing candidates
+    give a larger σ than agreeing ones of the same variances.
     Returns mean [N, 2], variance [N] and the weights [N, K]; rows with an empty mask get weight 0 and
     variance 0 (callers must handle them).
     """
@@ -41,6 +50,9 @@ def merge_gaussians(mean, var, mask, rho):
     m = (w[..., None] * torch.where(mask[..., None], mean, torch.zeros_like(mean))).sum(-2)
     s_var = (1.0 - rho) * (w * w * torch.where(mask, var, torch.zeros_like(var))).sum(-1) \
         + rho * (w * torch.where(mask, sigma, torch.zeros_like(sigma))).sum(-1) ** 2
+    if spread:
+        d2 = ((mean - m[..., None, :]) ** 2).sum(-1)
+        s_var = s_var + 0.5 * (w * torch.where(mask, d2, torch.zeros_like(d2))).sum(-1)
     return m, s_var, w
 
 

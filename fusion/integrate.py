@@ -68,7 +68,7 @@ def combine(cand_xy, cand_var, cand_occ, cand_ok, threshold, fusion, radius):
     if fusion is not None and fusion.probabilistic:
         keep = reject_outliers(cand_xy, cand_var, vis, radius) if fusion.outlier_removal else vis
         m_xy, m_var, w = merge_gaussians(cand_xy, torch.where(keep, cand_var, torch.ones_like(cand_var)), keep,
-                                         fusion.correlation)
+                                         fusion.correlation, fusion.spread_variance)
         m_occ = (w * torch.where(keep, cand_occ, torch.zeros_like(cand_occ))).sum(-1)
         xy = torch.where(any_vis[:, None], m_xy, xy)
         var = torch.where(any_vis, m_var, var)
@@ -83,17 +83,18 @@ def accepted_observations(xy, vis, obs_xy, obs_ok, gate):
     return obs_ok
 
 
-def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok, gate=None):
+def fuse_observation(xy, var, occ, vis, obs_xy, obs_var, obs_ok, gate=None, spread=False):
     """Merge a keypoint observation (independent of the flow estimate: ρ = 0) into a visible estimate;
     re-initialise an occluded estimate from it. All [M, ...] for the M queries of one frame.
 
     ``gate`` (working px, None or <= 0: none): an observation farther than this from a visible estimate
     is a conflict and is dropped, like a flow candidate outside the outlier radius — the merge of two
-    far-apart Gaussians lies between them, where neither surface is."""
+    far-apart Gaussians lies between them, where neither surface is. ``spread``: the merged variance adds
+    the two positions' weighted scatter (:func:`fusion.gaussian.merge_gaussians`)."""
     obs_ok = accepted_observations(xy, vis, obs_xy, obs_ok, gate)
     both = torch.stack([xy, obs_xy], 1)
     vars_ = torch.stack([var, obs_var], 1)
-    m_xy, m_var, _ = merge_gaussians(both, vars_, torch.stack([vis, obs_ok], 1), 0.0)
+    m_xy, m_var, _ = merge_gaussians(both, vars_, torch.stack([vis, obs_ok], 1), 0.0, spread)
     use_merge = vis & obs_ok
     reinit = ~vis & obs_ok
     xy = torch.where(use_merge[:, None], m_xy, torch.where(reinit[:, None], obs_xy, xy))
@@ -141,7 +142,8 @@ def _step(bank, est, t, groups, mode, replace_smaller, anchored_only, threshold,
     anchor = vis.clone() if anchored_only else torch.zeros_like(vis)
     if obs is not None:
         used = accepted_observations(xy, vis, obs[0][a, t], obs[2][a, t], gate)
-        xy, var, occ, vis = fuse_observation(xy, var, occ, vis, obs[0][a, t], obs[1][a, t], used)
+        xy, var, occ, vis = fuse_observation(xy, var, occ, vis, obs[0][a, t], obs[1][a, t], used,
+                                             spread=fusion is not None and fusion.spread_variance)
         anchor |= used
     if mode == "replace":
         old_vis, old_var = est.vis[a, t], est.var[a, t]

@@ -142,7 +142,7 @@ def check_weights(config):
                 found[what + name] = getattr(stage, attr)
 
     note("flow", make_backend(config.flow))                                            # 1
-    if config.flow.uncertainty == "learned":
+    if config.flow.uncertainty in ("learned", "learned_variance"):
         from flow.learned_uncertainty import head_path
         found["flow uncertainty head"] = head_path(config.flow.backend, config.flow.uncertainty_weights)
     need_features = config.filters.similarity.enabled or config.visibility.appearance

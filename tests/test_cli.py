@@ -382,3 +382,23 @@ def test_log_progress_prints_a_line_per_interval_and_a_last_one():
     assert buf.getvalue().splitlines() == ["flow: 3/4 pair (75%) 0 s", "flow: 4/4 pair (100%) 0 s [loss=0.5]"]
     buf = io.StringIO()
     assert list(LogProgress(range(3), desc="klt", file=buf)) == [0, 1, 2] and buf.getvalue() == ""
+
+
+def test_calibration_of_saved_predictions_equals_tracking_again(synthetic_clip, tmp_path):
+    """eval.calibration --preds scores what eval.bench --save-pred kept exactly as --config scores a fresh run;
+    predictions made for the other mode's queries, or missing, are one line and exit code 2."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.symlink(synthetic_clip, data / "a")
+    out = tmp_path / "res"
+    assert run("-m", "eval.bench", "--config", KLT, "--data", str(data), "--mode", "first", "--out", str(out),
+               "--save-pred").returncode == 0
+    fresh = run("-m", "eval.calibration", "--config", KLT, "--data", str(data), "--mode", "first")
+    saved = run("-m", "eval.calibration", "--preds", str(out), "--data", str(data), "--mode", "first")
+    assert fresh.returncode == 0 and saved.returncode == 0, saved.stderr
+    a, b = json.loads(fresh.stdout), json.loads(saved.stdout)
+    assert a["points"] > 0 and a.pop("config") == "klt" and a.pop("preds") is None and b.pop("preds") == str(out)
+    assert json.dumps(a, sort_keys=True) == json.dumps({k: v for k, v in b.items() if k != "config"}, sort_keys=True)
+    for args in (("--mode", "strided"), ("--preds", str(tmp_path))):
+        r = run("-m", "eval.calibration", "--preds", str(out), "--data", str(data), *args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -52,6 +52,25 @@ def test_merge_with_correlation():
     assert m[0].tolist() == [0, 0] and v.item() == pytest.approx(1.0) and w[0, 1] == 0
 
 
+def test_merge_spread_adds_the_candidates_scatter():
+    # w = (3/4, 1/4), merged mean (0, 1); product variance 9/16·1 + 1/16·3 = 3/4; scatter ½(3/4·1² + 1/4·3²) = 3/2
+    mean = torch.tensor([[[0.0, 0.0], [0.0, 4.0], [50.0, 50.0]]])
+    var = torch.tensor([[1.0, 3.0, 1.0]])
+    mask = torch.tensor([[True, True, False]])
+    m, v, _ = merge_gaussians(mean, var, mask, 0.0, spread=True)
+    assert m[0].tolist() == pytest.approx([0.0, 1.0])
+    assert v[0].item() == pytest.approx(0.75 + 1.5)
+    assert merge_gaussians(mean, var, mask, 0.0)[1][0].item() == pytest.approx(0.75)
+    # agreeing candidates add nothing; the observation merge (ρ = 0) takes the switch too
+    same = torch.zeros(1, 2, 2)
+    assert merge_gaussians(same, var[:, :2], mask[:, :2], 0.5, spread=True)[1].item() == pytest.approx(
+        merge_gaussians(same, var[:, :2], mask[:, :2], 0.5)[1].item())
+    one = torch.ones(1, dtype=torch.bool)
+    _, v_obs, _, _ = fuse_observation(torch.zeros(1, 2), torch.ones(1), torch.zeros(1), one,
+                                      torch.tensor([[4.0, 0.0]]), torch.ones(1), one, spread=True)
+    assert v_obs.item() == pytest.approx(0.5 + 0.5 * (0.5 * 4 + 0.5 * 4))
+
+
 def test_outliers_are_measured_from_the_least_sigma_visible_candidate():
     mean = torch.tensor([[[0.0, 0.0], [9.0, 0.0], [12.0, 0.0], [50.0, 0.0]]])
     var = torch.tensor([[1.0, 2.0, 2.0, 0.1]])        # the least σ overall is not visible

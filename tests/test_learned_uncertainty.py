@@ -191,6 +191,14 @@ def test_bank_samples_the_learned_maps(tmp_path):
     assert fb.uncertainty_id != bank.uncertainty_id
     with pytest.raises(ConfigError, match="unknown flow.uncertainty"):
         FlowBank(video, dataclasses.replace(cfg, uncertainty="magic"), None, progress=False)
+    # learned_variance: the head's variance, the formulas' occlusion; the optimisation's data key is the formulas'
+    mixed = FlowBank(video, dataclasses.replace(cfg, uncertainty="learned_variance"), None, progress=False)
+    got_mixed, got_fb = mixed.sample([(0, 1)], pts)[0], fb.sample([(0, 1)], pts)[0]
+    assert torch.equal(got_mixed[:, 2], got_fb[:, 2]) and torch.equal(got_mixed[:, 3], got[:, 3])
+    assert float((got_mixed[:, 2] - got[:, 2]).abs().max()) > 0.1
+    assert (mixed.flows_key, mixed.occlusion_id) == (fb.flows_key, fb.occlusion_id) == (fb.key, fb.uncertainty_id)
+    assert (bank.flows_key, bank.occlusion_id) != (fb.flows_key, fb.occlusion_id)
+    assert mixed.uncertainty_id not in (fb.uncertainty_id, bank.uncertainty_id)
 
 
 def test_fb_prior_by_hand():

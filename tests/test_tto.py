@@ -400,6 +400,10 @@ def test_random_init_dinov2_end_to_end_with_cache(tmp_path):
     bank5 = FlowBank(video, dataclasses.replace(config.flow, fb_tau=3.0), None, progress=False)
     _, _, _, st5, _ = _keypoints(video, q, tq, bank5, config, str(tmp_path))
     assert st5["tto_key"] != st["tto_key"] and st5["tto_steps"] == 4
+    # ... but not their variance: the head's σ with the formulas' occlusion reuses the formulas' checkpoint
+    bank6 = FlowBank(video, dataclasses.replace(config.flow, uncertainty="learned_variance"), None, progress=False)
+    _, _, _, st6, _ = _keypoints(video, q, tq, bank6, config, str(tmp_path))
+    assert st6["tto_key"] == st["tto_key"] and st6["tto_steps"] == 0
     from tto.train import train_key
     assert train_key("f", "d", _tiny_config(lr=5e-4).tto, 3) != train_key("f", "d", config.tto, 3) == \
         train_key("f", "d", _tiny_config(sigma_floor=9.0, device="cpu").tto, 3)

@@ -110,8 +110,9 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     hw = tuple(bank.working_hw)
-    # the training trajectories depend on the flows and on their occlusion estimates
-    data_key = json.dumps([getattr(bank, "key", "no-bank-key"), getattr(bank, "uncertainty_id", None), hw], sort_keys=True)
+    # the training trajectories depend on the flows and on their occlusion estimates (not on their variances)
+    data_key = json.dumps([getattr(bank, "flows_key", "no-bank-key"), getattr(bank, "occlusion_id", None), hw],
+                          sort_keys=True)
     key = train_key(fs.key, data_key, cfg, seed)
     ckpt = os.path.join(os.fspath(cache_dir), "tto", f"{key}.pt") if cache_dir is not None else None
     stats["tto_key"] = key
