@@ -12,6 +12,12 @@ WEIGHTS_ENV = "PITRACK_WEIGHTS"
 CACHE_ENV = "PITRACK_CACHE"
 
 
+def json_key(fields):
+    """The form of every cache key: 16 hex digits of the sha256 of ``fields`` (plain types) as sorted JSON."""
+    import json
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def resolve_weights(filename, explicit=None, allow_download=False):
     """Path of checkpoint ``filename``, or None when the caller may use its framework's download.
 

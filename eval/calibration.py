@@ -56,15 +56,12 @@ def saved_prediction(folder, video, mode):
     checked to answer the video's queries of ``mode``."""
     import os
     from types import SimpleNamespace
-    from eval.score import check_queries, load_prediction
+    from eval.score import check_prediction, load_prediction
     path = os.path.join(folder, video.name + ".npz")
     if not os.path.isfile(path):
         raise InputError(f"no saved prediction {path} (eval.bench --save-pred keeps them)")
     pred = load_prediction(path)
-    for k in ("tracks", "visible", "sigma", "queries"):
-        if k not in pred:
-            raise InputError(f"{path}: the prediction has no '{k}' array")
-    check_queries(video, pred, mode)
+    check_prediction(video, pred, mode, ("tracks", "visible", "sigma", "queries"), f"prediction {path}")
     return SimpleNamespace(tracks=pred["tracks"], visible=pred["visible"].astype(bool), sigma=pred["sigma"])
 
 

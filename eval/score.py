@@ -34,15 +34,16 @@ def load_prediction(path):
 
 def score_prediction(video, pred, mode):
     """Metrics dict for a prediction dict (keys tracks, visible, optional queries) on a dataset video."""
-    for k in ("tracks", "visible"):
-        if k not in pred:
-            raise InputError(f"prediction has no '{k}' array")
-    check_queries(video, pred, mode)
+    check_prediction(video, pred, mode)
     return video.score(pred["tracks"], pred["visible"], mode)
 
 
-def check_queries(video, pred, mode):
-    """InputError unless the prediction's ``queries`` (where it has them) are ``video``'s queries of ``mode``."""
+def check_prediction(video, pred, mode, arrays=("tracks", "visible"), source="prediction"):
+    """InputError unless the prediction dict has ``arrays`` and its ``queries`` (where it has them) are ``video``'s
+    queries of ``mode``; ``source`` names it in the message."""
+    for k in arrays:
+        if k not in pred:
+            raise InputError(f"{source} has no '{k}' array")
     expected, _ = video.queries(mode)
     if "queries" in pred:
         q = np.asarray(pred["queries"])

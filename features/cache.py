@@ -9,7 +9,6 @@ atomically, so an interrupted run leaves no partial file; a cache that cannot be
 (core.atomic.cache_write / cache_unreadable) costs one warning and the features are computed.
 """
 import hashlib
-import json
 import os
 import time
 import typing
@@ -20,6 +19,7 @@ from core.progress import progress_bar
 from features.backbones import make_backbone
 from features.grid import FeatureGrid, feature_image_hw
 from core.images import ResizedFrames
+from core.paths import json_key
 from core.atomic import cache_unreadable, cache_write, discard_cache_file
 
 CACHE_FORMAT = 1
@@ -86,7 +86,7 @@ def video_features(video, cfg, cache_dir=None, progress=False, seed=0, backbone=
     for t in range(len(images)):                   # one frame at a time: no copy of the whole video
         h.update(memoryview(images[[t]]).cast("B"))
     fields = dict(bb.cache_id(), format=CACHE_FORMAT, image_hw=list(image_hw), frames=h.hexdigest()[:16])
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    key = json_key(fields)
     T = video.shape[0]
     shape = (T, int(bb.channels)) + grid.grid_hw
     path = os.path.join(os.fspath(cache_dir), "features", f"{key}.npz") if cache_dir is not None else None

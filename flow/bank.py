@@ -40,7 +40,7 @@ from flow.config import FlowConfig
 from flow.occlusion import FBUncertainty
 from core.atomic import cache_unreadable, cache_write, discard_cache_file
 from core.coords import outside_frame, parse_resolution
-from core.paths import folder_mb
+from core.paths import folder_mb, json_key
 from core.images import ResizedFrames
 from core.errors import ConfigError, InputError
 
@@ -111,9 +111,8 @@ class FlowBank:
         t0 = time.perf_counter()
         self.key_fields = self._key_fields()
         self._stats["key_s"] = time.perf_counter() - t0
-        self.key = hashlib.sha256(json.dumps(self.key_fields, sort_keys=True).encode()).hexdigest()[:16]
-        flow_fields = {k: v for k, v in self.key_fields.items() if k != "maps"}
-        self.flows_key = hashlib.sha256(json.dumps(flow_fields, sort_keys=True).encode()).hexdigest()[:16]  # the flows alone
+        self.key = json_key(self.key_fields)
+        self.flows_key = json_key({k: v for k, v in self.key_fields.items() if k != "maps"})   # the flows alone
         self.cache_folder = None
         if cache_dir is not None and uses_disk_cache(cfg):
             self.cache_folder = os.path.join(os.fspath(cache_dir), "flows", self.key)

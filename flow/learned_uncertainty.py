@@ -311,7 +311,6 @@ class LearnedUncertainty:
                 np.where(outside, np.float32(self.var_max), var).astype(np.float32))
 
 
-
 class LearnedVariance(LearnedUncertainty):
     """``flow.uncertainty: learned_variance``: the head's variance with the occlusion probability of the
     forward–backward formulas ``fb`` (an :class:`flow.occlusion.FBUncertainty`), evaluated exactly at each point."""

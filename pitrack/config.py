@@ -8,8 +8,6 @@ also start with ``base: other.yaml`` (a path relative to the file), whose keys a
 Ablations are written that way.
 """
 import dataclasses
-import hashlib
-import json
 import os
 import typing
 from typing import Annotated
@@ -18,6 +16,7 @@ import yaml
 
 from core.config_checks import RESOLUTION, above, at_least, between, check_value
 from core.errors import ConfigError
+from core.paths import json_key
 from features.config import FeatureConfig
 from filters.config import FilterConfig
 from flow.config import FlowConfig
@@ -56,7 +55,7 @@ class Config:
         """Short hash of every setting, for cache keys and resumable benchmarks."""
         d = dataclasses.asdict(self)
         d.pop("name", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return json_key(d)
 
     def to_dict(self):
         return dataclasses.asdict(self)

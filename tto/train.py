@@ -32,8 +32,6 @@ once). The file carries the sha256 of its content (core.checksum): a checkpoint 
 does not load or does not match is deleted and training starts over.
 """
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import signal
@@ -47,6 +45,7 @@ import torch.nn.functional as F
 
 from core.atomic import discard_cache_file
 from core.checksum import load_torch, save_torch
+from core.paths import json_key
 from core.progress import progress_bar
 from core.sampling import sample_map
 from tto.model import TTOModel
@@ -76,7 +75,7 @@ def training_fields(cfg):
 def train_key(feature_key, data_key, cfg, seed):
     """Checkpoint key: the features, the training data (flows), the training settings and the seed."""
     fields = dict(format=CKPT_FORMAT, features=feature_key, data=data_key, tto=training_fields(cfg), seed=int(seed))
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return json_key(fields)
 
 
 def lr_at(step, cfg):
