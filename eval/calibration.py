@@ -1,7 +1,7 @@
 """How trustworthy is a tracker's σ? Compare predicted σ with actual errors on ground truth.
 
     python -m eval.calibration --config configs/X.yaml --data DIR --mode first|strided [--videos a,b] [--by-distance]
-                               [--fit-drift]
+                               [--by-history] [--fit-drift] [--fit-scale]
     python -m eval.calibration --preds FOLDER --data DIR --mode first|strided ...
 
 ``--preds`` scores the predictions ``eval.bench --save-pred`` kept (FOLDER/<video>.npz: tracks, visible, sigma,
@@ -20,10 +20,18 @@ query and too small far from it.
 Occlusion, over all scored frames: precision, recall and F1 of the frames called occluded (not visible)
 against the ground truth's occluded frames.
 
+``--by-history`` splits the same figures between frames where the point has been visible all the way from the
+query frame and frames after the ground truth marked it occluded somewhere between the two: the second are
+positions the tracker had to find again (keypoints, chains resuming), the first what chaining alone carried.
+
 ``--fit-drift`` fits the chaining's process noise ``chain.drift_var`` q (:func:`fit_drift`; run it on the
 tracker with ``drift_var: 0``): the q for which σ'² = σ² + q·d (d frames from the query) is calibrated at
 the median, in original px² per frame (= working px² at ``flow.resolution: native``). It also fits q on
 the odd-numbered videos and scores σ' on the even ones, and the other way round: held-out figures.
+
+``--fit-scale`` answers how far σ is from covering the errors a calibrated Gaussian would: the one factor k for
+which P(e < 2kσ) ≈ 0.86 over all points (:func:`fit_scale`), and held out as for ``--fit-drift``. A k that
+also moves P(e < kσ) far from 0.39 means the errors are not Gaussian in σ's scale, whatever the factor.
 """
 import argparse
 import json
@@ -37,10 +45,20 @@ from core.coords import SCORING_SIZE, scale_sigma, scale_xy
 from core.errors import InputError, PitrackError
 
 
+def occluded_in_between(occluded, query_frames):
+    """bool [N, T]: whether ground truth ``occluded`` [N, T] marks the point occluded at any frame from its query
+    frame ``query_frames`` [N] to frame t, both included (before the query frame: from t to it)."""
+    n, t = occluded.shape
+    counts = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(occluded, axis=1)], axis=1)
+    frames, q = np.arange(t)[None, :], np.asarray(query_frames, np.int64)[:, None]
+    first, last = np.minimum(frames, q), np.maximum(frames, q)
+    return np.take_along_axis(counts, last + 1, axis=1) > np.take_along_axis(counts, first, axis=1)
+
+
 def sigma_errors(video, result, mode):
-    """(σ, error, distance in frames from the query frame) [M] in the 256×256 raster over scored frames
-    visible in ground truth and prediction, and (truth occluded, predicted occluded) bool [K] over all
-    scored frames."""
+    """(σ, error, distance in frames from the query frame, occluded in between (:func:`occluded_in_between`)) [M]
+    in the 256×256 raster over scored frames visible in ground truth and prediction, and (truth occluded,
+    predicted occluded) bool [K] over all scored frames."""
     queries, index = video.queries(mode)
     hw = video.size_hw
     err = np.linalg.norm(scale_xy(result.tracks, hw, SCORING_SIZE) - scale_xy(video.points[index], hw, SCORING_SIZE), axis=-1)
@@ -48,7 +66,9 @@ def sigma_errors(video, result, mode):
     scored = evaluation_frames(queries[:, 0], video.num_frames, mode)
     use = scored & ~video.occluded[index] & result.visible
     distance = np.abs(np.arange(video.num_frames)[None, :] - queries[:, :1].astype(np.int64))
-    return sig[use], err[use], distance[use], video.occluded[index][scored], ~result.visible[scored]
+    between = occluded_in_between(video.occluded[index], queries[:, 0].astype(np.int64))
+    return (sig[use], err[use], distance[use], between[use], video.occluded[index][scored],
+            ~result.visible[scored])
 
 
 def saved_prediction(folder, video, mode):
@@ -98,6 +118,13 @@ def by_distance(sig, err, distance):
     return out
 
 
+def by_history(sig, err, between):
+    """``summarize`` of the points visible all the way from their query frame and of those occluded in between
+    (``between`` bool [M]); a group without points is left out."""
+    groups = {"visible_since_query": ~between, "after_occlusion": between}
+    return {k: summarize(sig[sel], err[sel]) for k, sel in groups.items() if sel.any()}
+
+
 def fit_drift(sig, err, distance):
     """Process noise q with median(e² / (σ² + q·d)) = 2 ln 2, the median of e²/σ² for a calibrated isotropic
     2-D Gaussian error (χ² with two degrees of freedom, σ per axis); 0 when σ already reaches it. ``sig``, ``err``
@@ -121,17 +148,43 @@ def fit_drift(sig, err, distance):
     return 0.5 * (lo + hi)
 
 
+def fit_scale(sig, err):
+    """The factor s for which P(e < 2·s·σ) is 1 − e^−2 ≈ 0.86, a calibrated isotropic 2-D Gaussian's coverage:
+    s = (the (1 − e^−2) quantile of e / σ) / 2 (``np.quantile``'s linear interpolation); nan without points.
+    ``sig``, ``err`` [M]."""
+    if sig.size == 0:
+        return float("nan")
+    return float(np.quantile(err / np.maximum(sig, 1e-12), 1.0 - np.exp(-2.0)) / 2.0)
+
+
+def odd_even_halves(video_index):
+    """(name, fit on, score on) for the two ways of fitting on one half of the videos (odd, even ``video_index``
+    [M]) and scoring on the other: bool masks [M]; none when one half has no points."""
+    for fit_on in (1, 0):
+        fit, test = video_index % 2 == fit_on, video_index % 2 != fit_on
+        if fit.any() and test.any():
+            yield "odd" if fit_on else "even", fit, test
+
+
+def scale_report(sig, err, video_index):
+    """:func:`fit_scale` on all points, and fitted on one half of the videos (odd, even index) and scored on the
+    other, with σ multiplied by it."""
+    out = {"sigma_scale": fit_scale(sig, err), "held_out": []}
+    for name, fit, test in odd_even_halves(video_index):
+        k = fit_scale(sig[fit], err[fit])
+        out["held_out"].append({"fit_on": name, "sigma_scale": k, **summarize(k * sig[test], err[test])})
+    return out
+
+
 def drift_report(sig, err, distance, scale, video_index):
     """:func:`fit_drift` on all points, and fitted on one half of the videos (odd, even index) and scored on the
     other. ``scale`` [M]: raster px per original px of each point's video, so q comes out in original px²."""
     d = distance * scale ** 2
     out = {"drift_var": fit_drift(sig, err, d), "held_out": []}
-    for fit_on in (1, 0):
-        fit, test = video_index % 2 == fit_on, video_index % 2 != fit_on
+    for name, fit, test in odd_even_halves(video_index):
         q = fit_drift(sig[fit], err[fit], d[fit])
         s = np.sqrt(sig[test] ** 2 + q * d[test])
-        out["held_out"].append({"fit_on": "odd" if fit_on else "even", "drift_var": q,
-                                **summarize(s, err[test])})
+        out["held_out"].append({"fit_on": name, "drift_var": q, **summarize(s, err[test])})
     return out
 
 
@@ -152,7 +205,10 @@ def main(argv=None):
     p.add_argument("--mode", choices=["first", "strided"], default="first")
     p.add_argument("--videos")
     p.add_argument("--by-distance", action="store_true", help="also report σ's figures per distance from the query frame")
+    p.add_argument("--by-history", action="store_true", help="also report σ's figures for points visible since the "
+                                                                 "query frame and for points occluded in between")
     p.add_argument("--fit-drift", action="store_true", help="fit chain.drift_var (run with drift_var 0)")
+    p.add_argument("--fit-scale", action="store_true", help="fit the factor on σ that gives P(e<2σ) ≈ 0.86")
     args = p.parse_args(argv)
     try:
         refs = list_videos(args.data, args.videos)
@@ -166,17 +222,21 @@ def main(argv=None):
                 raise InputError(f"{ref.source}: calibration needs TAP-Vid format ground truth")
             q, _ = video.queries(args.mode)
             result = saved_prediction(args.preds, video, args.mode) if args.preds else tracker(video.load_frames(), q)
-            sig, err, distance, truth_occ, pred_occ = sigma_errors(video, result, args.mode)
+            sig, err, distance, between, truth_occ, pred_occ = sigma_errors(video, result, args.mode)
             scale = np.full(sig.shape, float(scale_sigma(1.0, video.size_hw, SCORING_SIZE)))
-            parts.append((sig, err, distance, truth_occ, pred_occ, scale, np.full(sig.shape, len(parts))))
-        sig, err, distance, truth_occ, pred_occ, scale, index = (np.concatenate(v) for v in zip(*parts))
+            parts.append((sig, err, distance, between, truth_occ, pred_occ, scale, np.full(sig.shape, len(parts))))
+        sig, err, distance, between, truth_occ, pred_occ, scale, index = (np.concatenate(v) for v in zip(*parts))
         out = {"config": tracker.config.name if args.config else None, "preds": args.preds, "mode": args.mode,
                "videos": len(refs)}
         out.update(summarize(sig, err, truth_occ, pred_occ))
         if args.by_distance:
             out["by_distance"] = by_distance(sig, err, distance)
+        if args.by_history:
+            out["by_history"] = by_history(sig, err, between)
         if args.fit_drift:
             out.update(drift_report(sig, err, distance, scale, index))
+        if args.fit_scale:
+            out["scale"] = scale_report(sig, err, index)
         print(json.dumps(rounded(out)))
     except PitrackError as e:
         print(f"eval.calibration: error: {e}", file=sys.stderr)

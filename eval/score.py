@@ -48,7 +48,7 @@ def check_prediction(video, pred, mode, arrays=("tracks", "visible"), source="pr
     if "queries" in pred:
         q = np.asarray(pred["queries"])
         if q.shape != expected.shape or not np.allclose(q, expected, atol=1e-3):
-            raise InputError(f"prediction was made with other queries than {video.name}'s '{mode}' queries "
+            raise InputError(f"{source} was made with other queries than {video.name}'s '{mode}' queries "
                              f"({q.shape[0]} given, {expected.shape[0]} expected)")
 
 

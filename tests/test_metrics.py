@@ -257,6 +257,35 @@ def test_calibration_by_distance_octaves_by_hand():
     assert d["4-7"]["within_2sigma"] == 0.0 and d["8-15"]["median_error"] == 1.5
 
 
+def test_calibration_by_history_by_hand():
+    """A point occluded at frame 1 and queried at 0 was found again at frames 1-3; queried at 3 (tracked
+    backwards), only frames 0 and 1 lie beyond its occlusion. by_history scores the two groups apart."""
+    from eval.calibration import by_history, occluded_in_between
+    occluded = np.array([[0, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]], bool)
+    between = occluded_in_between(occluded, np.array([0, 3, 2]))
+    assert between.astype(int).tolist() == [[0, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]
+    h = by_history(np.ones(4), np.array([0.5, 3.0, 1.5, 2.5]), np.array([False, True, False, True]))
+    assert h["visible_since_query"]["points"] == 2 and h["visible_since_query"]["within_2sigma"] == 1.0
+    assert h["after_occlusion"]["within_2sigma"] == 0.0 and h["after_occlusion"]["median_error"] == 2.75
+    assert list(by_history(np.ones(2), np.ones(2), np.zeros(2, bool))) == ["visible_since_query"]
+
+
+def test_fit_scale_by_hand_and_on_a_gaussian():
+    """e/σ = 1, 2, 3, 4: the 86.5th percentile (linear) is 3 + (3·0.8647 − 2) = 3.594, so k = 1.797. For errors of a
+    Gaussian three times wider than σ, k ≈ 3, and scale_report's held-out halves find it too."""
+    from eval.calibration import fit_scale, scale_report
+    q = 1 - np.exp(-2.0)
+    assert fit_scale(np.full(4, 2.0), np.array([2.0, 4.0, 6.0, 8.0])) == pytest.approx((3 + 3 * q - 2) / 2)
+    rng = np.random.default_rng(1)
+    sigma = rng.uniform(0.5, 5.0, 20000)
+    err = np.linalg.norm(rng.standard_normal((20000, 2)), axis=1) * sigma * 3
+    r = scale_report(sigma, err, np.arange(20000) % 7)
+    assert r["sigma_scale"] == pytest.approx(3.0, rel=0.03)
+    for half in r["held_out"]:
+        assert half["within_2sigma"] == pytest.approx(q, abs=0.015) and half["within_1sigma"] == pytest.approx(
+            1 - np.exp(-0.5), abs=0.015)
+
+
 def test_occlusion_scores_by_hand():
     from eval.calibration import occlusion_scores
     truth = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
