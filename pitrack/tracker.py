@@ -188,6 +188,21 @@ class Tracker:
             f"backend {self.config.tracker} returned wrong shapes"
         return TrackResult(tracks, visible, sigma)
 
+    def feature_maps(self, video):
+        """The appearance maps the long-term keypoints match in, for ``video`` uint8 [T, H, W, 3] (or CoTracker's
+        layout): (float16 [T, C, gh, gw] unit-norm per cell, features.grid.FeatureGrid). The per-video model is
+        optimised (or read from the cache) when the config optimises it (``tto.enabled``, ``steps`` > 0); ``stats`` as for a call."""
+        if self.config.tracker != "pitrack":
+            raise ConfigError(f"tracker '{self.config.tracker}' has no feature maps")
+        from pitrack.pipeline import feature_maps
+        video = check_video(video)
+        ctx = TrackContext(video, self.progress, self.use_cache, self.cache_dir)
+        t0 = time.perf_counter()
+        maps, grid = feature_maps(video, self.config, ctx)
+        ctx.stats["seconds"] = time.perf_counter() - t0
+        self.stats, self.extras = ctx.stats, ctx.extras
+        return maps, grid
+
     def dense(self, video, query_frame=0, stride=4):
         """Track every ``stride``-th pixel of frame ``query_frame`` through ``video`` uint8 [T, H, W, 3] (or
         CoTracker's [1, T, 3, H, W], as for :meth:`__call__`), both directions, through the same stages as

@@ -14,7 +14,7 @@ from fusion.config import FusionConfig
 from pitrack.config import DEFAULT_CONFIG, Config, default_section, from_dict, load_config
 
 CONFIGS = os.path.join(ROOT, "configs")
-ABLATIONS = sorted(glob.glob(os.path.join(CONFIGS, "ablations", "*.yaml")))
+ABLATIONS = sorted(glob.glob(os.path.join(CONFIGS, "ablations", "*.yaml")) + glob.glob(os.path.join(CONFIGS, "appearance", "*.yaml")))
 ALL = sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
 
 

@@ -5,8 +5,6 @@ from typing import Annotated
 from core.config_checks import COSINE, DEVICE, PROBABILITY, above, at_least
 
 
-
-
 @dataclasses.dataclass
 class TTOConfig:
     enabled: bool  # long-term keypoint observations from a per-video optimised model
@@ -61,3 +59,9 @@ class TTOConfig:
     sigma_floor: Annotated[float, above(0)]  # px (original resolution): least σ of an observation
     sigma_gain: Annotated[float, at_least(0)]  # σ = max(gain · heatmap spread, floor)
     eval_batch: Annotated[int, at_least(1)]  # (query, frame) windows per refiner call
+
+    @property
+    def optimises(self):
+        """Whether the per-video model is optimised (keypoints on, at least one step); with ``steps: 0`` the
+        keypoints match in the frozen backbone's normalised features and no training trajectory is read."""
+        return bool(self.enabled) and int(self.steps) > 0

