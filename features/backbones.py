@@ -243,7 +243,7 @@ def default_weights_file(backbone):
         return "raft-small.pth"
     if backbone == "geoaware":      # its DINOv2; the aggregation network is $PITRACK_WEIGHTS/best_856.PTH
         return DINO_MODELS["dinov2_vitb14"][1]
-    if backbone in PRETRAINED_BACKBONES:
+    if backbone in RELEASES:
         return os.path.basename(RELEASES[backbone].path)
     return DINO_MODELS[backbone][1] if backbone in DINO_MODELS else None
 

