@@ -31,12 +31,12 @@ from pitrack.video import list_frame_files, load_video
 
 def read_masks(folder, num_frames):
     """bool [T, H, W] from ``folder``'s PNGs (one per frame, in name order)."""
-    files = list_frame_files(folder)
+    files = [os.path.join(folder, f) for f in list_frame_files(folder)]
     if len(files) != num_frames:
         raise InputError(f"{folder} holds {len(files)} masks for {num_frames} frames")
     out = []
     for f in files:
-        m = cv2.imread(f, cv2.IMREAD_GRAYSCALE)
+        m = cv2.imread(f, cv2.IMREAD_GRAYSCALE) if os.path.isfile(f) else None
         if m is None:
             raise InputError(f"mask {f} does not decode")
         out.append(m > 127)

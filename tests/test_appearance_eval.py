@@ -94,3 +94,16 @@ def test_default_rule_needs_each_half_both_modes_oa_and_badja(tmp_path, capsys):
     assert "rule holds" in capsys.readouterr().out
     assert rule_main(["--new", old[1], old[0], old[2], "--old", *old]) == 2          # modes swapped
     assert "expected query-first" in capsys.readouterr().err
+
+
+def test_drift_and_redetection_refuse_bad_input_with_one_line(tmp_path, capsys):
+    from eval.drift import main as drift_main
+    from eval.redetection import main as redetection_main
+    assert drift_main(["--config", "configs/mft.yaml", "--data", str(tmp_path / "absent")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "v" / "frames").mkdir(parents=True)
+    (tmp_path / "v" / "masks").mkdir()
+    assert drift_main(["--config", "configs/mft.yaml", "--data", str(tmp_path), "--videos", "w"]) == 2
+    assert "no video w" in capsys.readouterr().err
+    assert redetection_main(["--config", "configs/mft.yaml", "--data", str(tmp_path), "--window", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
