@@ -3,9 +3,9 @@
     python -m eval.drift --config C --data ../shared/data/davis_full [--videos a,b] [--step 16] [--from-frame 32]
         [--dilate 8] [--out report.json]
 
-``--data``: folders of ``frames/`` and ``masks/`` (0/255 PNGs, all annotated objects together; the masks are
-read here only, never by the tracker). Queries: a grid of every ``--step`` px of frame 0 (pixel centres,
-starting at step/2) kept where frame 0's mask is on. Each video is tracked whole; then, with M_t the mask of
+``--data``: folders of ``frames/`` and ``masks/`` (PNGs, all annotated objects together: any non-zero pixel,
+grey or DAVIS palette colour, is the object; the masks are read here only, never by the tracker). Queries: a grid of every ``--step`` px of frame 0 (pixel centres,
+starting at step/2) kept where frame 0's mask is on (a video with none is left out, and named). Each video is tracked whole; then, with M_t the mask of
 frame t dilated by ``--dilate`` px (a square of side 2·dilate + 1) and p_it the tracked position:
 
 * called visible from ``--from-frame`` on: the share of (point, frame ≥ from) pairs the tracker calls visible;
@@ -36,10 +36,10 @@ def read_masks(folder, num_frames):
         raise InputError(f"{folder} holds {len(files)} masks for {num_frames} frames")
     out = []
     for f in files:
-        m = cv2.imread(f, cv2.IMREAD_GRAYSCALE) if os.path.isfile(f) else None
+        m = cv2.imread(f, cv2.IMREAD_UNCHANGED) if os.path.isfile(f) else None
         if m is None:
             raise InputError(f"mask {f} does not decode")
-        out.append(m > 127)
+        out.append((m > 0).any(-1) if m.ndim == 3 else m > 0)
     return np.stack(out)
 
 
@@ -116,7 +116,7 @@ def main(argv=None):
         from pitrack import Tracker
         tracker = Tracker.from_config(args.config, progress=False)
         folders = video_folders(args.data, args.videos)
-        rows = []
+        rows, skipped = [], []
         for name, folder in folders:
             video = load_video(os.path.join(folder, "frames"))
             masks = read_masks(os.path.join(folder, "masks"), video.shape[0])
@@ -126,12 +126,15 @@ def main(argv=None):
             if video.shape[0] <= args.from_frame:
                 raise InputError(f"{name} has {video.shape[0]} frames: nothing from frame {args.from_frame} on")
             q = mask_grid_queries(masks[0], args.step)
-            if q.shape[0] == 0:
-                raise InputError(f"{name}: frame 0's mask holds no grid point at step {args.step}")
+            if q.shape[0] == 0:                      # the object is not in frame 0: nothing to query there
+                skipped.append(name)
+                continue
             t0 = time.perf_counter()
             res = tracker(video, q)
             rows.append(dict(video=name, frames=int(video.shape[0]), seconds=time.perf_counter() - t0,
                              **drift_scores(res.tracks, res.visible, masks, args.from_frame, args.dilate)))
+        if not rows:
+            raise InputError(f"no video of {args.data} has a grid point on frame 0's mask at step {args.step}")
     except PitrackError as e:
         print(f"eval.drift: error: {e}", file=sys.stderr)
         return 2
@@ -147,9 +150,12 @@ def main(argv=None):
         print(f"| {r['video']} | {r['frames']} | {r['points']} | {pct(r['called_visible_late'])} | "
               f"{pct(r['on_object_where_visible_late'])} | {pct(r['on_object_last_frame'])} | "
               f"{pct(r['on_object_last_frame_visible'])} | {r['seconds']:.0f} |")
+    if skipped:
+        print(f"left out (no grid point on frame 0's mask): {', '.join(skipped)}")
     if args.out:
         from core.atomic import save_bytes
-        save_bytes(args.out, (json.dumps(dict(config=tracker.config.name, videos=rows, mean=mean), indent=1)
+        save_bytes(args.out, (json.dumps(dict(config=tracker.config.name, videos=rows, mean=mean, skipped=skipped),
+                                         indent=1)
                               + "\n").encode())
     return 0
 

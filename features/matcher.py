@@ -132,57 +132,71 @@ def _as_image(frame, device):
     return torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255.0
 
 
-@torch.inference_mode()
-def matcher_observations(video, q_xy, tq, hw, cfg, progress=False):
-    """Observations of the queries from LightGlue (see module docstring).
+class VideoMatcher:
+    """The models and every frame's keypoints of one video, made once (``video`` uint8 [T, H, W, 3]); its
+    :meth:`observations` then serve any number of query chunks."""
 
-    ``video`` uint8 [T, H, W, 3]; ``q_xy`` [N, 2] query positions, pixel-centre working px of the raster ``hw``;
-    ``tq`` [N] query frames; ``cfg``: a MatcherConfig. Returns (xy float32 [N, T, 2] working px, var [N, T]
-    px², valid bool [N, T], unmatched bool [N, T], stats: matcher_s, matcher_extractions, matcher_passes,
-    matcher_obs_fraction)."""
-    from core.progress import progress_bar
-    t0 = time.perf_counter()
-    T, H, W = video.shape[:3]
-    device = resolve_device(cfg.device, "matcher.device")
-    fh, fw = feature_image_hw(cfg.resolution, (H, W), 16)
-    frames = ResizedFrames(video, (fh, fw))
-    ext = make_extractor(cfg, device)
-    glue = load_lightglue(cfg.features, device)
-    q_xy = torch.as_tensor(np.asarray(q_xy), dtype=torch.float32).reshape(-1, 2)
-    tq = np.asarray(tq).astype(np.int64).reshape(-1)
-    N = q_xy.shape[0]
-    # working px -> feature-image px (pixel-centre): x_f = (x + 0.5)·W_f/w − 0.5, and back
-    sx, sy = fw / hw[1], fh / hw[0]
-    to_f = lambda xy: torch.stack([(xy[:, 0] + 0.5) * sx - 0.5, (xy[:, 1] + 0.5) * sy - 0.5], -1)  # noqa: E731
-    kps = [ext(_as_image(frames[[t]][0], device)) for t in progress_bar(range(T), desc="matcher keypoints",
-                                                                        enabled=progress, leave=False)]
-    size = torch.tensor([[fw, fh]], dtype=torch.float32, device=device)
-    xy = torch.zeros(N, T, 2)
-    score = torch.zeros(N, T)
-    unmatched = torch.zeros(N, T, dtype=torch.bool)
-    stride = max(1, int(cfg.frame_stride))
-    passes = 0
-    groups = [(int(f), np.nonzero(tq == f)[0]) for f in np.unique(tq)]
-    for f, sel in progress_bar(groups, desc="matcher", enabled=progress, leave=False):
-        k0 = ext(_as_image(frames[[f]][0], device), to_f(q_xy[sel]).to(device))
-        first = k0.xy.shape[0] - sel.size                                  # the queries follow the detections
-        for t in range(T):
-            if t == f or abs(t - f) % stride:
-                continue
-            k1 = kps[t]
-            out = glue({"image0": dict(keypoints=k0.xy[None], descriptors=k0.desc[None], image_size=size),
-                        "image1": dict(keypoints=k1.xy[None], descriptors=k1.desc[None], image_size=size)})
-            passes += 1
-            m = out["matches0"][0, first:].cpu()
-            s = out["matching_scores0"][0, first:].cpu()
-            hit = m >= 0
-            pos = k1.xy.cpu()[m.clamp(min=0)]
-            xy[sel, t] = torch.stack([(pos[:, 0] + 0.5) / sx - 0.5, (pos[:, 1] + 0.5) / sy - 0.5], -1)
-            score[sel, t] = torch.where(hit, s, torch.zeros_like(s))
-            unmatched[sel, t] = ~hit
-    sigma = float(scale_sigma(cfg.sigma, (H, W), hw)) / score.clamp(min=1e-6).sqrt()
-    valid = score >= float(cfg.min_score)
-    valid[torch.arange(N), torch.as_tensor(tq)] = False
-    stats = dict(matcher_s=time.perf_counter() - t0, matcher_extractions=T + len(groups), matcher_passes=passes,
-                 matcher_obs_fraction=float(valid.sum()) / max(1, N * (T - 1)))
-    return xy, (sigma ** 2).float(), valid, unmatched, stats
+    @torch.inference_mode()
+    def __init__(self, video, cfg, progress=False):
+        from core.progress import progress_bar
+        t0 = time.perf_counter()
+        self.cfg, self.progress = cfg, progress
+        self.T, H, W = video.shape[:3]
+        self.original_hw = (H, W)
+        self.device = resolve_device(cfg.device, "matcher.device")
+        self.image_hw = feature_image_hw(cfg.resolution, (H, W), 16)
+        self.frames = ResizedFrames(video, self.image_hw)
+        self.extract = make_extractor(cfg, self.device)
+        self.glue = load_lightglue(cfg.features, self.device)
+        self.keypoints = [self.extract(_as_image(self.frames[[t]][0], self.device))
+                          for t in progress_bar(range(self.T), desc="matcher keypoints", enabled=progress, leave=False)]
+        self.stats = dict(matcher_s=time.perf_counter() - t0, matcher_extractions=self.T, matcher_passes=0)
+
+    @torch.inference_mode()
+    def observations(self, q_xy, tq, hw):
+        """Observations of the queries from LightGlue (see module docstring). ``q_xy`` [N, 2] query positions,
+        pixel-centre working px of the raster ``hw``; ``tq`` [N] query frames. Returns (xy float32 [N, T, 2]
+        working px, var [N, T] px², valid bool [N, T], unmatched bool [N, T], stats: matcher_s,
+        matcher_extractions, matcher_passes, matcher_obs_fraction; the first call's include the keypoints)."""
+        from core.progress import progress_bar
+        t0 = time.perf_counter()
+        cfg, T, dev = self.cfg, self.T, self.device
+        fh, fw = self.image_hw
+        q_xy = torch.as_tensor(np.asarray(q_xy), dtype=torch.float32).reshape(-1, 2)
+        tq = np.asarray(tq).astype(np.int64).reshape(-1)
+        N = q_xy.shape[0]
+        # working px -> feature-image px (pixel-centre): x_f = (x + 0.5)·W_f/w − 0.5, and back
+        sx, sy = fw / hw[1], fh / hw[0]
+        to_f = lambda xy: torch.stack([(xy[:, 0] + 0.5) * sx - 0.5, (xy[:, 1] + 0.5) * sy - 0.5], -1)  # noqa: E731
+        size = torch.tensor([[fw, fh]], dtype=torch.float32, device=dev)
+        xy = torch.zeros(N, T, 2)
+        score = torch.zeros(N, T)
+        unmatched = torch.zeros(N, T, dtype=torch.bool)
+        stride = max(1, int(cfg.frame_stride))
+        passes = 0
+        groups = [(int(f), np.nonzero(tq == f)[0]) for f in np.unique(tq)]
+        for f, sel in progress_bar(groups, desc="matcher", enabled=self.progress, leave=False):
+            k0 = self.extract(_as_image(self.frames[[f]][0], dev), to_f(q_xy[sel]).to(dev))
+            first = k0.xy.shape[0] - sel.size                              # the queries follow the detections
+            for t in range(T):
+                if t == f or abs(t - f) % stride:
+                    continue
+                k1 = self.keypoints[t]
+                out = self.glue({"image0": dict(keypoints=k0.xy[None], descriptors=k0.desc[None], image_size=size),
+                                 "image1": dict(keypoints=k1.xy[None], descriptors=k1.desc[None], image_size=size)})
+                passes += 1
+                m = out["matches0"][0, first:].cpu()
+                s = out["matching_scores0"][0, first:].cpu()
+                hit = m >= 0
+                pos = k1.xy.cpu()[m.clamp(min=0)]
+                xy[sel, t] = torch.stack([(pos[:, 0] + 0.5) / sx - 0.5, (pos[:, 1] + 0.5) / sy - 0.5], -1)
+                score[sel, t] = torch.where(hit, s, torch.zeros_like(s))
+                unmatched[sel, t] = ~hit
+        sigma = float(scale_sigma(cfg.sigma, self.original_hw, hw)) / score.clamp(min=1e-6).sqrt()
+        valid = score >= float(cfg.min_score)
+        valid[torch.arange(N), torch.as_tensor(tq)] = False
+        stats = dict(self.stats, matcher_s=self.stats["matcher_s"] + time.perf_counter() - t0,
+                     matcher_extractions=self.stats["matcher_extractions"] + len(groups), matcher_passes=passes,
+                     matcher_obs_fraction=float(valid.sum()) / max(1, N * (T - 1)))
+        self.stats = dict(matcher_s=0.0, matcher_extractions=0)          # the keypoints count once
+        return xy, (sigma ** 2).float(), valid, unmatched, stats

@@ -295,6 +295,10 @@ def track_pitrack(video, queries, config, ctx):
     ctx.stats["peak_rss_mb_keypoints"] = peak_rss_mb()
     if refiner is not None:                                                            # 6a
         refiner = (refiner,) + refiner_features(video, config, ctx, fs)
+    matcher = None
+    if config.matcher.enabled:                                                         # 2c: keypoints of every frame
+        from features.matcher import VideoMatcher
+        matcher = VideoMatcher(video, config.matcher, ctx.progress)
 
     tracks = np.zeros((N, T, 2), np.float32)
     visible = np.zeros((N, T), bool)
@@ -303,7 +307,8 @@ def track_pitrack(video, queries, config, ctx):
     for k, sl in enumerate(chunks):
         q = queries[sl]
         out = track_chunk(video, q, bank, model, tto_maps, fgrid, maps, to_grid, config, ctx,
-                          segment=f"integration {k}", keep_extras=len(chunks) == 1, refiner=refiner)
+                          segment=f"integration {k}", keep_extras=len(chunks) == 1, refiner=refiner,
+                          matcher=matcher)
         tracks[sl], visible[sl], sigma[sl] = out[:3]
         reports.append((sl.start, out[3]))
     ctx.stats.update(bank.stats)
@@ -328,10 +333,11 @@ def merged_reports(reports):
 
 
 def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, config, ctx, segment, keep_extras,
-                refiner=None):
+                refiner=None, matcher=None):
     """Stages 2b-6 for one chunk of queries [n, 3]: keypoint observations, candidate filters, integration
     (reading the bank's planned segment ``segment``), visibility, and the refiner when ``refiner`` = (model,
-    features, grid). Returns (tracks [n, T, 2], visible [n, T],
+    features, grid), LightGlue's observations when ``matcher`` (features.matcher.VideoMatcher). Returns
+    (tracks [n, T, 2], visible [n, T],
     σ [n, T]) in original px and the filters' report; with ``keep_extras`` also fills ``ctx.extras``."""
     from filters.candidates import CandidateFilters
     from filters.masks import MaskFilter
@@ -353,9 +359,8 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
         add_stats(ctx.stats, kp_stats)
         observations = [obs_xy, obs_var, obs_ok]
     unmatched = None
-    if config.matcher.enabled:                                                         # 2c
-        from features.matcher import matcher_observations
-        *matched, unmatched, m_stats = matcher_observations(video, q_xy, tq, hw, config.matcher, ctx.progress)
+    if matcher is not None:                                                            # 2c
+        *matched, unmatched, m_stats = matcher.observations(q_xy, tq, hw)
         add_stats(ctx.stats, m_stats)
         if observations is None:
             observations = list(matched)

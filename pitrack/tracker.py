@@ -191,7 +191,8 @@ class Tracker:
     def feature_maps(self, video):
         """The appearance maps the long-term keypoints match in, for ``video`` uint8 [T, H, W, 3] (or CoTracker's
         layout): (float16 [T, C, gh, gw] unit-norm per cell, features.grid.FeatureGrid). The per-video model is
-        optimised (or read from the cache) when the config optimises it (``tto.enabled``, ``steps`` > 0); ``stats`` as for a call."""
+        optimised (or read from the cache) when the config optimises it (``tto.enabled``, ``steps`` > 0);
+        ``stats`` as for a call."""
         if self.config.tracker != "pitrack":
             raise ConfigError(f"tracker '{self.config.tracker}' has no feature maps")
         from pitrack.pipeline import feature_maps

@@ -148,15 +148,42 @@ def test_a_missing_package_file_is_named(monkeypatch, tmp_path):
 @pytest.mark.parametrize("features", ["aliked_n16", "disk"])
 def test_lightglue_matches_keypoints_to_the_known_shift(features, frame_pair):
     """A real frame and its moved copy: queries at frame 0's own detections are found by LightGlue at the shift."""
-    from features.matcher import make_extractor, matcher_observations
+    from features.matcher import VideoMatcher, make_extractor
     cfg = default_section("matcher", enabled=True, features=features, max_keypoints=256, resolution="native")
     kp = make_extractor(cfg, "cpu")(torch.from_numpy(frame_pair[0].copy()).permute(2, 0, 1)[None].float() / 255)
     inner = ((kp.xy[:, 0] > 30) & (kp.xy[:, 1] > 30) & (kp.xy[:, 0] < 480) & (kp.xy[:, 1] < 258)).numpy()
     q_xy = kp.xy.numpy()[inner][:64]
-    xy, var, valid, unmatched, stats = matcher_observations(frame_pair, q_xy, np.zeros(len(q_xy)), (288, 512), cfg)
-    assert stats["matcher_passes"] == 1 and xy.shape == (len(q_xy), 2, 2)
+    xy, var, valid, unmatched, stats = VideoMatcher(frame_pair, cfg).observations(q_xy, np.zeros(len(q_xy)),
+                                                                                 (288, 512))
+    assert stats["matcher_passes"] == 1 and stats["matcher_extractions"] == 3 and xy.shape == (len(q_xy), 2, 2)
     assert not valid[:, 0].any()                                     # the query frame is the query itself
     err = (xy[:, 1].numpy() - q_xy - np.array(SHIFT)).__abs__().max(-1)
     assert valid[:, 1].float().mean() > 0.8
     assert np.median(err[valid[:, 1].numpy()]) < 1.0
     assert (var[valid] > 0).all() and not (valid & unmatched).any()
+
+
+def test_the_matcher_runs_in_the_pipeline_once_per_video_for_any_number_of_chunks(synthetic_clip, monkeypatch):
+    from eval.datasets import open_video_folder
+    from features.matcher import AlikedExtractor
+    from pitrack import Tracker
+    from pitrack.config import load_config
+    from pitrack.pipeline import query_chunks
+    calls = []
+    real = AlikedExtractor.__call__
+    monkeypatch.setattr(AlikedExtractor, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    v = open_video_folder(synthetic_clip)
+    frames = v.load_frames()
+    q, _ = v.queries("strided")
+    T = frames.shape[0]
+    config = load_config("configs/mft.yaml", overrides={
+        "matcher": {"enabled": True, "max_keypoints": 64, "resolution": "native", "frame_stride": 4},
+        "chain": {"query_frames_per_chunk": T * (q.shape[0] // 2 + 1)}})
+    tk = Tracker(config, progress=False)
+    assert "matcher" in tk.weights and "matcher keypoints" in tk.weights
+    result = tk(frames, q)
+    chunks = query_chunks(q.shape[0], T, config.chain)
+    assert len(chunks) == tk.stats["query_chunks"] == 2
+    # every frame's keypoints once per video, then each chunk's query frames described with their queries
+    assert len(calls) == T + sum(len(np.unique(q[sl, 0])) for sl in chunks)
+    assert tk.stats["matcher_passes"] > 0 and result.tracks.shape == (q.shape[0], T, 2)
