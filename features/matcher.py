@@ -29,7 +29,7 @@ from core.coords import scale_sigma
 from core.devices import resolve_device
 from core.errors import ConfigError
 from core.images import ResizedFrames
-from features.grid import feature_image_hw
+from features.grid import FeatureGrid, feature_image_hw
 from features.pretrained import read_state_dict, release_file
 
 EXTRACTORS = {"aliked_n16": "lightglue_aliked", "disk": "lightglue_disk"}
@@ -98,11 +98,9 @@ class DiskExtractor:
     """DISK keypoints (heatmap maxima, top-k) and its dense descriptors, sampled at given points."""
 
     def __init__(self, max_keypoints, device):
-        from kornia.feature import DISK
-        from core.checkpoints import load_strictly
-        path = release_file("disk")
-        self.net = load_strictly(DISK(desc_dim=128), read_state_dict(path, "extractor"),
-                                 f"weights file {path}").to(device).eval()
+        from features.pretrained import DiskBackbone
+        self.backbone = DiskBackbone(device=device)
+        self.net = self.backbone.net
         self.k = int(max_keypoints)
 
     @torch.inference_mode()
@@ -111,9 +109,7 @@ class DiskExtractor:
         f = self.net(image, n=self.k, pad_if_not_divisible=True)[0]
         xy, desc = f.keypoints.float(), f.descriptors
         if extra_xy is not None and len(extra_xy):
-            H, W = image.shape[-2:]
-            ph, pw = (-H) % 16, (-W) % 16
-            dense = self.net.heatmap_and_dense_descriptors(F.pad(image, (0, pw, 0, ph)))[1][0, :, :H, :W]
+            dense = self.backbone.dense(image)[0]
             keep = apart(xy, extra_xy.to(xy))
             xy, desc = torch.cat([xy[keep], extra_xy.to(xy)]), desc[keep]
             desc = torch.cat([desc, F.normalize(sample_map(dense, extra_xy.to(xy)), dim=-1)])
@@ -165,9 +161,7 @@ class VideoMatcher:
         q_xy = torch.as_tensor(np.asarray(q_xy), dtype=torch.float32).reshape(-1, 2)
         tq = np.asarray(tq).astype(np.int64).reshape(-1)
         N = q_xy.shape[0]
-        # working px -> feature-image px (pixel-centre): x_f = (x + 0.5)·W_f/w − 0.5, and back
-        sx, sy = fw / hw[1], fh / hw[0]
-        to_f = lambda xy: torch.stack([(xy[:, 0] + 0.5) * sx - 0.5, (xy[:, 1] + 0.5) * sy - 0.5], -1)  # noqa: E731
+        image = FeatureGrid(self.image_hw, 1, 0.0)           # working px <-> feature-image px (pixel-centre)
         size = torch.tensor([[fw, fh]], dtype=torch.float32, device=dev)
         xy = torch.zeros(N, T, 2)
         score = torch.zeros(N, T)
@@ -176,7 +170,7 @@ class VideoMatcher:
         passes = 0
         groups = [(int(f), np.nonzero(tq == f)[0]) for f in np.unique(tq)]
         for f, sel in progress_bar(groups, desc="matcher", enabled=self.progress, leave=False):
-            k0 = self.extract(_as_image(self.frames[[f]][0], dev), to_f(q_xy[sel]).to(dev))
+            k0 = self.extract(_as_image(self.frames[[f]][0], dev), image.from_working(q_xy[sel], hw).to(dev))
             first = k0.xy.shape[0] - sel.size                              # the queries follow the detections
             for t in range(T):
                 if t == f or abs(t - f) % stride:
@@ -189,7 +183,7 @@ class VideoMatcher:
                 s = out["matching_scores0"][0, first:].cpu()
                 hit = m >= 0
                 pos = k1.xy.cpu()[m.clamp(min=0)]
-                xy[sel, t] = torch.stack([(pos[:, 0] + 0.5) / sx - 0.5, (pos[:, 1] + 0.5) / sy - 0.5], -1)
+                xy[sel, t] = image.to_working(pos, hw)
                 score[sel, t] = torch.where(hit, s, torch.zeros_like(s))
                 unmatched[sel, t] = ~hit
         sigma = float(scale_sigma(cfg.sigma, self.original_hw, hw)) / score.clamp(min=1e-6).sqrt()

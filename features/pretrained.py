@@ -123,7 +123,6 @@ class PretrainedBackbone:
         from core.devices import resolve_device
         self.name = name
         self.weights_path = release_file(name, weights)
-        self.explicit = bool(weights)
         pool = int(dense_stride) if self.native_stride == 1 else 1
         if pool < 1:
             raise ConfigError(f"features.dense_stride must be >= 1, got {dense_stride}")

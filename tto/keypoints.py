@@ -96,8 +96,8 @@ def optimise(fs, bank, cfg, seed=0, cache_dir=None, progress=False):
 
     ``bank``: the FlowBank its training trajectories come from; ``cfg``: a TTOConfig. With ``cfg.enabled``
     false the model is not optimised: its residual CNN starts at zero, so its refined maps are the
-    normalised backbone features; the same with ``steps: 0`` (frozen features). Returns (model in eval mode on ``cfg.device``, stats): tto_key, tto_s,
-    tto_steps (steps run now; 0 when a complete checkpoint was loaded), tto_step_start, tto_loss_first /
+    normalised backbone features; the same with ``steps: 0`` (frozen features). Returns (model in eval mode
+    on ``cfg.device``, stats): tto_key, tto_s, tto_steps (steps run now; 0 when a complete checkpoint was loaded), tto_step_start, tto_loss_first /
     tto_loss_last, traj_* (training trajectories), tto_params, tto_peak_rss_mb, tto_cuda_peak_mb (GPU).
     """
     seed = int(seed)
