@@ -341,14 +341,40 @@ def _pickle_videos(path):
     return refs
 
 
+# The only globals a TAP-Vid pickle refers to: numpy arrays (protocols 2-4: _reconstruct + ndarray + dtype;
+# protocol 5: _frombuffer), numpy scalars, under numpy 1's and numpy 2's module names, and _codecs.encode,
+# which protocol 2 writes bytes with (str -> latin-1 bytes). Dicts, lists, tuples,
+# strings, bytes and Python numbers need no global. Anything else (os.system, builtins.eval, a class with a
+# __reduce__) is refused before it is called.
+PICKLE_GLOBALS = frozenset(f"{m}.{n}" for m, names in (
+    ("numpy", ("ndarray", "dtype")),
+    ("numpy.core.multiarray", ("_reconstruct", "scalar")), ("numpy._core.multiarray", ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", ("_frombuffer",)), ("numpy._core.numeric", ("_frombuffer",)), ("_codecs", ("encode",)),
+) for n in names)
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Admits only :data:`PICKLE_GLOBALS`; any other global is an UnpicklingError naming it."""
+
+    def find_class(self, module, name):
+        if f"{module}.{name}" not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a TAP-Vid pickle holds only dicts, "
+                                         f"lists, strings, numbers and numpy arrays")
+        return super().find_class(module, name)
+
+
 @functools.lru_cache(maxsize=1)
 def load_pickle(path):
-    """A TAP-Vid pickle: a dict name → record or a list of records (the last file read stays in memory)."""
+    """A TAP-Vid pickle: a dict name → record or a list of records (the last file read stays in memory), read
+    by a restricted unpickler (:data:`PICKLE_GLOBALS`): a pickle that would run code is refused unrun."""
     try:
         with open(path, "rb") as f:
-            data = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as e:
-        raise InputError(f"{path}: cannot read the pickle ({type(e).__name__}: {e})") from None
+            data = _DataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise InputError(f"{path}: cannot read the pickle ({e})") from None
+    except (OSError, EOFError, AttributeError, ImportError, ValueError, TypeError, IndexError, KeyError,
+            MemoryError, RecursionError) as e:
+        raise InputError(f"{path}: cannot read the pickle ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(data, (dict, list)):
         raise InputError(f"{path}: not a TAP-Vid pickle (expected a dict of name → record or a list of records, "
                          f"got {type(data).__name__})")

@@ -163,6 +163,51 @@ def test_bad_pickles_are_refused_before_tracking(tmp_path, folder_video, bad, ne
     assert not out.exists() or not os.listdir(out)
 
 
+class _RunsCode:
+    """Unpickled by plain pickle.load, this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, folder_video, where):
+    """A TAP-Vid pickle carrying a __reduce__ (here os.system) is one line naming the file and the refused
+    global, exit 2, and the command never runs: its marker file is not created."""
+    v = folder_video
+    marker = tmp_path / "ran"
+    rec = {"video": _RunsCode(marker), "points": normalised(v), "occluded": v.occluded}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = dump(folder / "tapvid_davis.pkl", {"clip": rec})
+    out = tmp_path / "res"
+    r = run("-m", "eval.bench", "--config", KLT, "--data", str(folder if where == "folder" else path), "--out", str(out))
+    one_line_exit_2(r, f"{path}: cannot read the pickle (refused global {os.system.__module__}.system")
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_RunsCode(marker)))            # the same object, plainly unpickled, does run
+    assert marker.exists()
+
+
+def test_pickles_of_every_protocol_and_numpy_1_names_are_read(tmp_path, folder_video):
+    """Protocols 2-5 and the module names numpy 1 wrote (numpy.core.multiarray) are admitted."""
+    from eval.datasets import load_pickle
+    v = folder_video
+    rec = {"video": v.load_frames(), "points": normalised(v), "occluded": v.occluded, "n": np.float32(2.5),
+           "jpeg": [b"\xff\xd8"]}
+    for protocol in (2, 3, 4, 5):
+        data = pickle.dumps({"clip": rec}, protocol=protocol)
+        if protocol == 2:
+            assert b"numpy._core.multiarray" in data
+            data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        path = tmp_path / f"p{protocol}.pkl"
+        path.write_bytes(data)
+        got = load_pickle(str(path))["clip"]
+        assert np.array_equal(got["video"], rec["video"]) and got["n"] == 2.5 and got["jpeg"] == [b"\xff\xd8"]
+
+
 def test_broken_frame_in_a_kinetics_shard_is_one_line(tmp_path, folder_video):
     """A frame with JPEG markers whose data does not decode is found when its video is read: one line naming
     the shard, the video and the frame; exit 2; the videos before it keep their results."""
