@@ -11,6 +11,8 @@ import dataclasses
 import math
 import re
 
+QUOTE_CHARS = 200   # an error message quotes at most this much of a value
+
 
 @dataclasses.dataclass(frozen=True)
 class Range:
@@ -53,7 +55,8 @@ class Pattern:
             try:
                 self.parse(v)
             except ValueError as e:
-                return f"is not {self.what} ({e})"
+                why = str(e)
+                return f"is not {self.what} ({why if len(why) <= QUOTE_CHARS else why[:QUOTE_CHARS] + '...'})"
         return None
 
 
@@ -93,10 +96,16 @@ def _parse_resolution(v):
 RESOLUTION = Pattern("a resolution", parse=_parse_resolution)
 
 
+def quoted(value):
+    """``repr(value)``, cut to :data:`QUOTE_CHARS` characters with the full length said."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} characters)"
+
+
 def check_value(value, checks, key):
     """The ConfigError message for ``value`` of ``key`` failing one of ``checks``, or None."""
     for c in checks:
         why = c.problem(value)
         if why:
-            return f"config key '{key}' {why}, got {value!r}"
+            return f"config key '{key}' {why}, got {quoted(value)}"
     return None

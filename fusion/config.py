@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import COSINE, ODD, PROBABILITY, RESOLUTION, above, at_least, between, one_of
+from core.config_checks import COSINE, ODD, PROBABILITY, RESOLUTION, above, at_least, between, one_of, quoted
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class ChainConfig:
             try:
                 d = int(s)
             except ValueError:
-                raise ConfigError(f"chain.intervals: {s!r} is neither a positive integer nor 'inf'") from None
+                raise ConfigError(f"chain.intervals: {quoted(s)} is neither a positive integer nor 'inf'") from None
             if d < 1:
                 raise ConfigError(f"chain.intervals: {d} must be >= 1")
             finite.add(d)

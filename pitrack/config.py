@@ -4,8 +4,13 @@ is an empty file.
 
 ``configs/default.yaml`` is the one source of defaults: the dataclasses have none, and every config
 (a file, a dict, or nothing) is read as changes to that file, section by section. A config file may
-also start with ``base: other.yaml`` (a path relative to the file), whose keys are applied first.
-Ablations are written that way.
+also start with ``base: other.yaml``, whose keys are applied first: one file name, looked up in the
+config's own folder and then in ``configs/``. Ablations are written that way.
+
+A config file is small and read before any work: above :data:`MAX_CONFIG_BYTES`, nested deeper than
+:data:`MAX_DEPTH` (counting what YAML aliases expand to), expanding to more than :data:`MAX_NODES` values, or
+with a key given twice in one mapping, it is one ConfigError, found from the parsed node graph before any
+value is built (a "billion laughs" of nested aliases costs nothing).
 """
 import dataclasses
 import os
@@ -14,7 +19,7 @@ from typing import Annotated
 
 import yaml
 
-from core.config_checks import RESOLUTION, above, at_least, between, check_value
+from core.config_checks import QUOTE_CHARS, RESOLUTION, above, at_least, between, check_value, quoted
 from core.errors import ConfigError
 from core.paths import json_key
 from features.config import FeatureConfig, MatcherConfig
@@ -25,6 +30,9 @@ from tto.config import TTOConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.yaml")
+MAX_CONFIG_BYTES = 1 << 20      # default.yaml is 9 kB
+MAX_DEPTH = 16                  # default.yaml nests 3 deep
+MAX_NODES = 20_000              # values after alias expansion; default.yaml has about 400
 
 
 @dataclasses.dataclass
@@ -72,30 +80,103 @@ def _merge(base, over):
     return out
 
 
+def _check_nodes(root, path):
+    """ConfigError if the node graph under ``root``, aliases expanded, nests deeper than MAX_DEPTH or holds
+    more than MAX_NODES nodes, or if a mapping gives a key twice. Each node is visited once (shared nodes,
+    i.e. aliases, by their memoised size and height), so the cost is that of the file, not of its expansion."""
+    memo = {}                                    # id(node) -> (expanded nodes, height)
+
+    def visit(node, level):
+        if level > MAX_DEPTH:
+            raise ConfigError(f"config {path}: nested deeper than {MAX_DEPTH} levels (line {node.start_mark.line + 1})")
+        if id(node) in memo:
+            size, height = memo[id(node)]
+            if level + height > MAX_DEPTH:
+                raise ConfigError(f"config {path}: the anchor of line {node.start_mark.line + 1}, used at depth "
+                                  f"{level}, nests deeper than {MAX_DEPTH} levels")
+            return size
+        size, height = 1, 0
+        if isinstance(node, yaml.MappingNode):
+            keys = set()
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in keys:
+                        raise ConfigError(f"config {path} line {k.start_mark.line + 1}: key {quoted(k.value)} is "
+                                          f"given twice in one mapping")
+                    keys.add(k.value)
+            children = [c for kv in node.value for c in kv]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        for c in children:
+            size += visit(c, level + 1)
+            height = max(height, memo[id(c)][1] + 1)
+            if size > MAX_NODES:
+                raise ConfigError(f"config {path}: expands to more than {MAX_NODES} values (YAML aliases?)")
+        memo[id(node)] = (size, height)
+        return size
+
+    visit(root, 0)
+
+
+def _parse_yaml(text, path):
+    """The data of one YAML document ``text`` (None when empty), checked by :func:`_check_nodes` first. Depth
+    is counted on the event stream before composing, since PyYAML's composer recurses once per level."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"config {path}: nested deeper than {MAX_DEPTH} levels "
+                                  f"(line {event.start_mark.line + 1})")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        return None
+    _check_nodes(root, path)
+    return yaml.safe_load(text)
+
+
+def _base_path(base, path):
+    """The file ``base:`` names in config ``path``: one YAML file name, in the config's folder or else in
+    configs/."""
+    if (not isinstance(base, str) or not base.endswith((".yaml", ".yml")) or os.path.basename(base) != base
+            or "\\" in base or base.startswith(".")):
+        raise ConfigError(f"config {path}: 'base' must be one YAML file name (other.yaml, in the same folder or "
+                          f"in configs/), got {quoted(base)}")
+    for folder in (os.path.dirname(path), CONFIG_DIR):
+        candidate = os.path.join(folder, base)
+        if os.path.isfile(candidate):
+            return candidate
+    raise ConfigError(f"config {path}: base {base} is neither in {os.path.dirname(path)} nor in {CONFIG_DIR}")
+
+
 def _read_yaml(path, seen=()):
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"config {path}: 'base' chain loops")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        what = "is not a file" if os.path.exists(path) else "not found"
+        raise ConfigError(f"config file {what}: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES // 1024} kB: not a config")
+        data = _parse_yaml(raw.decode("utf-8"), path)
     except UnicodeDecodeError as e:
         raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except OSError as e:
         raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0][:QUOTE_CHARS]}") from None
     if data is None:
         raise ConfigError(f"config {path} is empty (to run the defaults, name configs/default.yaml or no config)")
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     base = data.pop("base", None)
     if base is not None:
-        if not isinstance(base, str) or not base:
-            raise ConfigError(f"config {path}: 'base' must be the path of one YAML file, got {base!r}")
-        data = _merge(_read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,)), data)
+        data = _merge(_read_yaml(_base_path(base, path), seen + (path,)), data)
     return data
 
 
@@ -124,7 +205,7 @@ def _coerce(value, typ, key):
     if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"config key '{key}' must be {typ.__name__}, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be {typ.__name__}, got {quoted(value)}")
     return value
 
 

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT
 from core.errors import ConfigError
 from fusion.config import FusionConfig
-from pitrack.config import DEFAULT_CONFIG, Config, default_section, from_dict, load_config
+from pitrack.config import CONFIG_DIR, DEFAULT_CONFIG, Config, default_section, from_dict, load_config
 
 CONFIGS = os.path.join(ROOT, "configs")
 ABLATIONS = sorted(glob.glob(os.path.join(CONFIGS, "ablations", "*.yaml")) + glob.glob(os.path.join(CONFIGS, "appearance", "*.yaml")))
@@ -164,8 +164,15 @@ def test_every_range_check_admits_the_shipped_values():
 @pytest.mark.parametrize("text, message", [
     ("", r"is empty"),
     ("# only a comment\n", r"is empty"),
-    ("base: 5\n", r"'base' must be the path of one YAML file, got 5"),
-    ("base: [a.yaml]\n", r"'base' must be the path of one YAML file, got \['a.yaml'\]"),
+    ("base: 5\n", r"'base' must be one YAML file name .*, got 5"),
+    ("base: [a.yaml]\n", r"'base' must be one YAML file name .*, got \['a.yaml'\]"),
+    ("base: /etc/passwd\n", r"'base' must be one YAML file name .*, got '/etc/passwd'"),
+    ("base: ../../x.yaml\n", r"'base' must be one YAML file name .*, got '../../x.yaml'"),
+    ("base: sub/mft.yaml\n", r"'base' must be one YAML file name"),
+    ("base: nowhere.yaml\n", r"base nowhere.yaml is neither in .* nor in .*configs"),
+    ("klt:\n  win_size: 5\n  max_level: 2\n  win_size: 7\n", r"line 4: key 'win_size' is given twice in one mapping"),
+    ("klt:\n  win_size: " + "[" * 5000 + "]" * 5000 + "\n", r"nested deeper than 16 levels \(line 2\)"),
+    ("klt:\n  win_size: " + "[" * 17 + "]" * 17 + "\n", r"nested deeper than 16 levels"),
     ("- a\n- b\n", r"top level must be a mapping"),
     ("flow: {batch_size: 2\n", r"is not valid YAML"),
 ])
@@ -174,6 +181,68 @@ def test_bad_config_files_raise_one_config_error(tmp_path, text, message):
     p.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(str(p))
+
+
+def billion_laughs(levels):
+    """YAML of ``levels`` nested anchors, each a list of nine aliases of the one before, under klt.win_size:
+    9 ** levels strings once expanded, about 40 bytes per level on disk."""
+    text = 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, levels):
+        text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+    return text + f"klt:\n  win_size: *a{levels - 1}\n"
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_yaml_aliases_that_expand_beyond_the_limit_are_refused_unexpanded(tmp_path, levels):
+    """A 'billion laughs' is refused from its node graph: one short message, no expansion (9 levels would
+    be 3.9e8 strings, gigabytes, if built)."""
+    p = tmp_path / "laughs.yaml"
+    p.write_text(billion_laughs(levels))
+    assert p.stat().st_size < 600
+    with pytest.raises(ConfigError, match=r"expands to more than 20000 values") as e:
+        load_config(str(p))
+    assert len(str(e.value)) < 300
+
+
+def test_aliases_within_the_limit_and_a_deep_alias(tmp_path):
+    """Aliases that expand to few values are ordinary YAML; one that nests a 15-deep anchor two levels further
+    is refused by the depth it expands to."""
+    p = tmp_path / "alias.yaml"
+    p.write_text("sizes: &s 9\nklt:\n  win_size: *s\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'sizes'"):      # aliases read; the key is unknown
+        load_config(str(p))
+    p.write_text("klt:\n  win_size: &w 9\n  max_level: *w\n")
+    assert load_config(str(p)).klt.max_level == 9
+    p.write_text("a: &d " + "[" * 15 + "]" * 15 + "\nklt:\n  win_size: [[*d]]\n")
+    with pytest.raises(ConfigError, match=r"the anchor of line 1, used at depth 4, nests deeper than 16 levels"):
+        load_config(str(p))
+
+
+def test_error_messages_quote_at_most_a_few_hundred_characters_of_a_value(tmp_path):
+    p = tmp_path / "long.yaml"
+    for text in ("klt:\n  resolution: " + "x" * 5000 + "\n", "klt:\n  win_size: " + "7" * 5000 + "a\n",
+                 "chain:\n  intervals: [" + "z" * 5000 + "]\n"):
+        p.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(str(p))
+        assert len(str(e.value)) < 600 and "characters)" in str(e.value), str(e.value)[:100]
+
+
+def test_a_config_larger_than_a_megabyte_is_refused_unread(tmp_path):
+    p = tmp_path / "big.yaml"
+    p.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"larger than 1024 kB"):
+        load_config(str(p))
+
+
+def test_base_is_a_file_name_in_the_configs_folder_or_in_configs(tmp_path):
+    """``base: mft.yaml`` from any folder is configs/mft.yaml; a file of that name beside the config wins."""
+    p = tmp_path / "x.yaml"
+    p.write_text("base: mft.yaml\n")
+    assert load_config(str(p)).to_dict() == dict(load_config(os.path.join(CONFIG_DIR, "mft.yaml")).to_dict(),
+                                                   name="x")
+    (tmp_path / "mft.yaml").write_text("klt:\n  win_size: 11\n")
+    assert load_config(str(p)).klt.win_size == 11 and load_config(str(p)).tto.enabled
 
 
 def test_a_config_that_is_not_utf8_raises(tmp_path):
