@@ -60,12 +60,6 @@ class Pattern:
         return None
 
 
-@dataclasses.dataclass(frozen=True)
-class Odd:
-    def problem(self, v):
-        return None if v % 2 == 1 else "must be odd"
-
-
 def at_least(lo):
     return Range(lo=lo)
 
@@ -84,7 +78,6 @@ def one_of(*choices):
 
 PROBABILITY = between(0.0, 1.0)
 COSINE = between(-1.0, 1.0)
-ODD = Odd()
 DEVICE = Pattern("auto, cpu, cuda, cuda:N or mps", regex=r"|auto|cpu|cuda|cuda:\d+|mps")
 
 

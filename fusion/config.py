@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import COSINE, ODD, PROBABILITY, RESOLUTION, above, at_least, between, one_of, quoted
+from core.config_checks import COSINE, PROBABILITY, RESOLUTION, above, at_least, one_of, quoted
 
 
 @dataclasses.dataclass
@@ -57,7 +57,6 @@ class VisibilityConfig:
     appearance: bool              # also require the appearance: similarity to the query's template
     similarity_threshold: Annotated[float, COSINE]   # τ: absolute floor of that cosine similarity (filters.similarity.source features)
     relative_threshold: Annotated[float, at_least(0)]     # r: ... and at least r times the point's median similarity while flow-visible
-    temporal_window: Annotated[int, between(1, 31), ODD]           # w: each frame takes the majority of the w frames around it (1: off)
 
 
 @dataclasses.dataclass

@@ -14,17 +14,13 @@ makes the appearance test relative: features of a textured point stay similar al
 a point on a plain or deforming surface less so, and one absolute threshold either misses the occlusions
 of the first kind or calls the second kind occluded everywhere (measured: README, "Visibility"). τ is an
 absolute floor. The query frame itself is always visible.
-
-Occlusions last several frames, single-frame decisions are noise: with a ``window`` w > 1 (odd) each frame
-takes the majority of the decisions in the w frames centred on it (the ends repeat the first and last
-decision), before the query frame is set visible.
 """
 import torch
 
 
-def combined_visibility(flow_visible, similarity, threshold, relative, tq, window=1):
+def combined_visibility(flow_visible, similarity, threshold, relative, tq):
     """``flow_visible`` bool [N, T], ``similarity`` [N, T] (None: flow only), τ ``threshold``, r ``relative``,
-    ``tq`` [N] query frames, ``window`` w (odd; 1: frame by frame) -> visible bool [N, T]."""
+    ``tq`` [N] query frames -> visible bool [N, T]."""
     vis = flow_visible.clone()
     rows = torch.arange(vis.shape[0])
     tq = torch.as_tensor(tq, dtype=torch.long)
@@ -34,9 +30,5 @@ def combined_visibility(flow_visible, similarity, threshold, relative, tq, windo
         seen[rows, tq] = False
         med = torch.stack([s[i][seen[i]].median() if seen[i].any() else s.new_tensor(1.0) for i in rows.tolist()])
         vis &= s >= torch.clamp(float(relative) * med, min=float(threshold))[:, None]
-    if window > 1:
-        half = window // 2
-        padded = torch.cat([vis[:, :1].expand(-1, half), vis, vis[:, -1:].expand(-1, half)], 1).float()
-        vis = padded.unfold(1, window, 1).sum(-1) > half
     vis[rows, tq] = True
     return vis

@@ -394,7 +394,7 @@ def track_chunk(video, queries, bank, model, tto_maps, fgrid, maps, to_grid, con
         similarity = trajectory_similarity(maps, to_grid, templates, est.xy)
     flow_visible = est.vis if unmatched is None or not config.matcher.visibility else est.vis & ~unmatched
     visible = combined_visibility(flow_visible, similarity, config.visibility.similarity_threshold,
-                                 config.visibility.relative_threshold, tq, config.visibility.temporal_window)
+                                 config.visibility.relative_threshold, tq)
     xy, var, refiner_input = est.xy, est.var, None
     if refiner is not None:                                                            # 6b
         refiner_input = (xy, var, visible)

@@ -241,23 +241,6 @@ def test_combined_visibility():
         [[True] + [False] * 5, [False] * 3 + [True] + [False] * 2, [True] + [False] * 5]
 
 
-def test_combined_visibility_temporal_window():
-    """w = 3: each frame takes the majority of itself and its two neighbours (ends repeated), then the query
-    frame is visible; w = 5 likewise over five frames."""
-    flow = torch.tensor([[True, False, True, True, False, False, True, False, False],
-                         [False, True, False, False, True, True, True, True, False]])
-    tq = np.array([0, 8])
-    # 0: F at 1 is alone -> T; F F at 4, 5 stay; T at 6 alone between F -> F; end 8 (F, F repeated) F
-    # 1: frame 0 (F, F, T) F; T at 1 alone -> F; 3 (F, F, T) F; 4..7 T; 8 is the query
-    assert combined_visibility(flow, None, 0.0, 0.0, tq, 3).tolist() == \
-        [[True, True, True, True, False, False, False, False, False],
-         [False, False, False, False, True, True, True, True, True]]
-    # w = 5, row 0 padded T T | T F T T F F T F F | F F: frame 3 sees F T T F F -> F, frame 4 T T F F T -> T
-    assert combined_visibility(flow, None, 0.0, 0.0, tq, 5)[0].tolist() == \
-        [True, True, True, False, True, False, False, False, False]
-    assert torch.equal(combined_visibility(flow, None, 0.0, 0.0, tq, 1), combined_visibility(flow, None, 0.0, 0.0, tq))
-
-
 def test_offline_mask_groups_the_moving_square_apart_from_the_background():
     """A 12 x 12 square (working px x 10..21, y 12..23 in frame 0) moves 4 px/frame right over a static
     background; working raster 48 x 64, original 96 x 128, masks at 32 x 24."""
