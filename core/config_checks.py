@@ -9,6 +9,7 @@ the key, before any work starts::
 """
 import dataclasses
 import math
+import os
 import re
 
 QUOTE_CHARS = 200   # an error message quotes at most this much of a value
@@ -74,6 +75,26 @@ def between(lo, hi):
 
 def one_of(*choices):
     return OneOf(tuple(choices))
+
+
+def _physical_memory():
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):       # not POSIX: assume a 64 GB machine
+        return 64 * 2 ** 30
+
+
+# Upper bounds of the size-like settings: a typo or a hostile file is a ConfigError when the config is read,
+# not a 40 GB allocation and the OOM killer minutes later. Each bound is where the setting's own cost
+# (the formula beside it) passes MACHINE_BYTES, this machine's physical memory, or a geometric limit:
+# nothing is larger than a raster of MAX_SIDE. Useful values are far below every bound.
+MACHINE_BYTES = _physical_memory()
+MAX_SIDE = 8192          # a working raster's side (8K); one float32 RGB frame of it is 0.8 GB
+
+
+def fits_memory(lo, bytes_each):
+    """lo <= v, and v units of ``bytes_each`` bytes fit in this machine's memory."""
+    return between(lo, max(lo, MACHINE_BYTES // int(bytes_each)))
 
 
 PROBABILITY = between(0.0, 1.0)

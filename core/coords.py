@@ -70,20 +70,29 @@ def parse_resolution(spec, hw):
     ``long<N>`` (e.g. ``long512``) -> the long side scaled to N, aspect kept, each side rounded to
     a multiple of 8 (what RAFT needs); ``short<N>`` likewise for the short side.
     """
+    from core.config_checks import MAX_SIDE, quoted
     H, W = int(hw[0]), int(hw[1])
     s = str(spec).strip().lower()
     if s == "native":
         return H, W
-    m = re.fullmatch(r"(\d+)x(\d+)", s)
+    m = re.fullmatch(r"(\d{1,9})x(\d{1,9})", s)
     if m:
         w, h = int(m.group(1)), int(m.group(2))
         if w < 8 or h < 8:
             raise ConfigError(f"resolution {spec!r} is too small (each side must be >= 8)")
+        if w > MAX_SIDE or h > MAX_SIDE:
+            raise ConfigError(f"resolution {spec!r} is too large (each side must be <= {MAX_SIDE})")
         return h, w
-    m = re.fullmatch(r"(long|short)(\d+)", s)
+    m = re.fullmatch(r"(long|short)(\d{1,9})", s)
     if m:
         n = int(m.group(2))
+        if n > MAX_SIDE:
+            raise ConfigError(f"resolution {spec!r} is too large (at most {m.group(1)}{MAX_SIDE})")
         side = max(H, W) if m.group(1) == "long" else min(H, W)
         f = n / side
-        return max(8, int(round(H * f / 8)) * 8), max(8, int(round(W * f / 8)) * 8)
-    raise ConfigError(f"resolution {spec!r} not understood: use 'native', 'WxH' (e.g. 256x256), 'long<N>' or 'short<N>'")
+        out = max(8, int(round(H * f / 8)) * 8), max(8, int(round(W * f / 8)) * 8)
+        if max(out) > MAX_SIDE:
+            raise ConfigError(f"resolution {spec!r} makes the {W}x{H} frames {out[1]}x{out[0]}: each side must be "
+                              f"<= {MAX_SIDE}")
+        return out
+    raise ConfigError(f"resolution {quoted(spec)} not understood: use 'native', 'WxH' (e.g. 256x256), 'long<N>' or 'short<N>'")

@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import DEVICE, PROBABILITY, RESOLUTION, above, at_least, between, one_of
+from core.config_checks import DEVICE, MAX_SIDE, PROBABILITY, RESOLUTION, above, at_least, between, fits_memory, one_of
 
 
 @dataclasses.dataclass
@@ -23,7 +23,7 @@ class FeatureConfig:
     allow_download: bool  # raft_small only: torchvision's own download when no file is found (needs internet)
     random_init: bool  # DINOv2 / geoaware only: random weights seeded by the config seed (tests; meaningless features)
     dense_stride: Annotated[int, one_of(1, 2, 4, 8)]  # aliked_* / disk: their full-resolution map averaged over s×s
-    batch_size: Annotated[int, at_least(1)]  # frames per backbone call
+    batch_size: Annotated[int, fits_memory(1, 4 * 3 * 1024 * 1024)]  # frames per backbone call (a 1024² float32 RGB input each)
     device: Annotated[str, DEVICE]  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
 
 
@@ -34,7 +34,7 @@ class MatcherConfig:
     features: Annotated[str, one_of("aliked_n16", "disk")]  # keypoints and descriptors LightGlue was trained on
     resolution: Annotated[str, RESOLUTION]  # feature image (each side a multiple of 16)
     max_keypoints: Annotated[int, between(16, 8192)]  # detections per frame (highest scores)
-    frame_stride: Annotated[int, at_least(1)]  # match the query frames with every k-th frame (others: no observation)
+    frame_stride: Annotated[int, between(1, 10 ** 9)]  # match the query frames with every k-th frame (others: no observation)
     min_score: Annotated[float, PROBABILITY]  # a match is an observation from this LightGlue matching score on
     sigma: Annotated[float, above(0)]  # σ of a match of score 1 (original px); score s gives σ / sqrt(s)
     visibility: bool  # occluded where LightGlue matched the frame but left the query without a match

@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import COSINE, DEVICE, PROBABILITY, RESOLUTION, above, at_least, one_of
+from core.config_checks import COSINE, DEVICE, MAX_SIDE, PROBABILITY, RESOLUTION, above, at_least, between, one_of
 
 
 @dataclasses.dataclass
@@ -10,7 +10,7 @@ class SAM2Config:
     """SAM2 video predictor (the ``sam2`` package) run on the video, prompted with the query points."""
     checkpoint: str          # file name in $PITRACK_WEIGHTS or a path: sam2.1_hiera_{tiny,small,base_plus,large}.pt, sam2_hiera_*.pt
     model_config: str        # the package's Hydra config name; empty: derived from the checkpoint's file name
-    image_size: Annotated[int, at_least(16)]          # SAM2's square input side (its checkpoints were trained at 1024)
+    image_size: Annotated[int, between(16, MAX_SIDE)]          # SAM2's square input side (its checkpoints were trained at 1024)
     device: Annotated[str, DEVICE]              # auto | cpu | cuda | cuda:N
     random_init: bool        # tests only: random weights (seeded by the config seed) instead of a checkpoint
     mask_resolution: Annotated[str, RESOLUTION]     # masks are stored at this size (see core.coords.parse_resolution), bit-packed
@@ -21,7 +21,7 @@ class OfflineMaskConfig:
     """The mask made from the video itself, for machines without SAM2 weights (filters/offline_mask.py)."""
     resolution: Annotated[str, RESOLUTION]          # working raster of the grouping
     motion_tolerance: Annotated[float, above(0)]  # px (original): a pixel moves with the query when its flow chain stays this close
-    min_frames: Annotated[int, at_least(1)]          # … over at least this many frames
+    min_frames: Annotated[int, between(1, 10 ** 9)]          # … over at least this many frames
 
 
 @dataclasses.dataclass

@@ -95,6 +95,9 @@ class FlowBank:
         self.num_frames = int(video.shape[0])
         self.original_hw = (int(video.shape[1]), int(video.shape[2]))
         self.working_hw = tuple(int(v) for v in parse_resolution(cfg.resolution, self.original_hw))
+        if cfg.backend.startswith("raft"):
+            from flow.raft import check_correlation_memory
+            check_correlation_memory(self.working_hw, cfg.batch_size)
         self._working = ResizedFrames(video, self.working_hw)   # the video held once, resized when read
         self._backend = make_backend(cfg)
         self._uncertainty = make_uncertainty(cfg)

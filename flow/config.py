@@ -2,17 +2,17 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import DEVICE, RESOLUTION, above, at_least, one_of
+from core.config_checks import DEVICE, MACHINE_BYTES, RESOLUTION, above, at_least, between, one_of
 
 
 @dataclasses.dataclass
 class FlowConfig:
     backend: Annotated[str, one_of("raft_small", "raft_large", "dis")]
     resolution: Annotated[str, RESOLUTION]  # working resolution of the flow stage, see core.coords.parse_resolution
-    iterations: Annotated[int, at_least(1)]  # RAFT refinement iterations
+    iterations: Annotated[int, between(1, 1000)]  # RAFT refinement iterations (time linear in them)
     weights: str  # explicit checkpoint path; empty: $PITRACK_WEIGHTS/<default file>, else torchvision download
-    batch_size: Annotated[int, at_least(1)]  # frame pairs per network evaluation
-    memory_mb: Annotated[float, at_least(0)]  # flows held in memory at most (MB); over it, pairs are released and computed again
+    batch_size: Annotated[int, between(1, 1024)]  # frame pairs per network evaluation (memory: flow.raft.correlation_bytes)
+    memory_mb: Annotated[float, between(0, MACHINE_BYTES / 2 ** 20)]  # flows held in memory at most (MB); over it, pairs are released and computed again
     cache: Annotated[str, one_of("auto", "on", "off")]  # flows on disk: auto (RAFT only: DIS recomputes faster than it reads) | on | off
     dis_preset: Annotated[str, one_of("ultrafast", "fast", "medium")]  # OpenCV DIS preset
     allow_download: bool  # no checkpoint file found: let torchvision download its own RAFT weights (needs internet)

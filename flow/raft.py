@@ -17,6 +17,26 @@ def raft_padding(h, w):
     return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
 
 
+def correlation_bytes(hw, batch):
+    """Bytes of RAFT's all-pairs correlation pyramid for ``batch`` pairs at working size ``hw``: N² float32
+    for the N = (h/8)(w/8) cells of the padded frame, plus the pooled levels (1/2, 1/4, 1/8 of the second
+    frame's side: 1 + 1/4 + 1/16 + 1/64). It dominates the flow stage's memory: 0.2 GB at 854x480, 4 GB at
+    1920x1080, 67 GB at 3840x2160, per pair."""
+    left, right, top, bottom = raft_padding(int(hw[0]), int(hw[1]))
+    n = ((int(hw[0]) + top + bottom) // 8) * ((int(hw[1]) + left + right) // 8)
+    return int(4 * n * n * (1 + 1 / 4 + 1 / 16 + 1 / 64)) * int(batch)
+
+
+def check_correlation_memory(hw, batch):
+    """ConfigError before any evaluation when :func:`correlation_bytes` exceeds this machine's memory."""
+    from core.config_checks import MACHINE_BYTES
+    need = correlation_bytes(hw, batch)
+    if need > MACHINE_BYTES:
+        raise ConfigError(f"flow.resolution {hw[1]}x{hw[0]} with flow.batch_size {batch}: RAFT's correlation volume "
+                          f"needs {need / 2 ** 30:.1f} GB, this machine has {MACHINE_BYTES / 2 ** 30:.1f} GB "
+                          f"(use a smaller flow.resolution, e.g. long1024, or flow.batch_size)")
+
+
 RAFT_FEATURES = {"raft_small": (96, 64, 4 * 7 * 7), "raft_large": (128, 128, 4 * 9 * 9)}   # hidden, context, corr
 
 

@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import COSINE, PROBABILITY, RESOLUTION, above, at_least, one_of, quoted
+from core.config_checks import COSINE, PROBABILITY, RESOLUTION, above, at_least, between, fits_memory, one_of, quoted
 
 
 @dataclasses.dataclass
@@ -12,7 +12,7 @@ class ChainConfig:
     occlusion_threshold: Annotated[float, PROBABILITY]  # a candidate is visible when its occlusion probability is below this
     query_sigma: Annotated[float, above(0)]  # σ (working px) of the query position itself
     drift_var: Annotated[float, at_least(0)]  # q (working px² per frame): process noise of chaining; a link over Δ frames adds q·Δ to σ²
-    query_frames_per_chunk: Annotated[int, at_least(1)]  # queries × frames tracked together (keypoints, filters, integration)
+    query_frames_per_chunk: Annotated[int, fits_memory(1, 64)]  # queries × frames tracked together (keypoints, filters, integration)
 
     def __post_init__(self):
         self.parsed_intervals()            # a bad interval is an error when the config is read
@@ -66,6 +66,6 @@ class RefinerConfig:
     weights: str          # refiner file; empty: the packaged fusion/weights/refiner.pt
     encoder_weights: str  # RAFT-small checkpoint of the frozen encoder; empty: $PITRACK_WEIGHTS/raft-small.pth
     resolution: Annotated[str, RESOLUTION]       # feature image of that encoder (stride 8)
-    window: Annotated[int, at_least(2)]           # S: frames per window; windows from the query frame overlap by one
-    iterations: Annotated[int, at_least(1)]       # updates per window
+    window: Annotated[int, between(2, 1024)]           # S: frames per window; windows from the query frame overlap by one
+    iterations: Annotated[int, between(1, 1000)]       # updates per window
     visibility: Annotated[str, one_of("refiner", "input", "both")]       # refiner (its own head) | input (the integrator's) | both (visible where both say so)

@@ -39,8 +39,8 @@ MAX_NODES = 20_000              # values after alias expansion; default.yaml has
 class KLTConfig:
     """OpenCV pyramidal Lucas–Kanade reference tracker."""
     resolution: Annotated[str, RESOLUTION]  # working resolution, see coords.parse_resolution
-    win_size: Annotated[int, at_least(3)]  # LK window side (px at working resolution)
-    max_level: Annotated[int, at_least(0)]  # pyramid levels above the base
+    win_size: Annotated[int, between(3, 1023)]  # LK window side (px at working resolution); OpenCV's cost grows as its square
+    max_level: Annotated[int, between(0, 13)]  # pyramid levels above the base (2^13 = MAX_SIDE)
     fb_threshold: Annotated[float, above(0)]  # forward–backward error (px, working res) above which a step is 'occluded'
 
 

@@ -138,21 +138,71 @@ def test_unknown_key_in_a_file_raises(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"tto": {"steps": -5}}, r"'tto\.steps' must be >= 0, got -5"),
+    ({"tto": {"steps": -5}}, r"'tto\.steps' must be in \[0, 1000000000\], got -5"),
     ({"chain": {"occlusion_threshold": -3}}, r"'chain\.occlusion_threshold' must be in \[0, 1\], got -3"),
-    ({"klt": {"win_size": -5}}, r"'klt\.win_size' must be >= 3"),
+    ({"klt": {"win_size": -5}}, r"'klt\.win_size' must be in \[3, 1023\]"),
     ({"flow": {"var_floor": 0}}, r"'flow\.var_floor' must be > 0"),
     ({"fusion": {"correlation": float("nan")}}, r"'fusion\.correlation' must be a finite number"),
     ({"flow": {"backend": "raft"}}, r"'flow\.backend' must be one of raft_small \| raft_large \| dis"),
     ({"flow": {"device": "gpu"}}, r"'flow\.device' must be auto, cpu"),
     ({"features": {"resolution": "big"}}, r"'features\.resolution' is not a resolution"),
-    ({"tto": {"traj_check_intervals": [2, 0]}}, r"'tto\.traj_check_intervals' must be >= 1, got 0"),
+    ({"tto": {"traj_check_intervals": [2, 0]}}, r"'tto\.traj_check_intervals' must be in \[1, 1000000000\], got 0"),
     ({"chain": {"intervals": [1, 0]}}, r"chain\.intervals: 0 must be >= 1"),
     ({"seed": -1}, r"'seed' must be in \[0, 4294967295\]"),
 ])
 def test_values_out_of_range_raise_when_the_config_is_read(change, message):
     with pytest.raises(ConfigError, match=message):
         load_config(change)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"klt": {"resolution": "100000x100000"}}, r"too large \(each side must be <= 8192\)"),
+    ({"flow": {"resolution": "long100000"}}, r"too large \(at most long8192\)"),
+    ({"klt": {"win_size": 100001}}, r"'klt\.win_size' must be in \[3, 1023\], got 100001"),
+    ({"klt": {"win_size": 1e23}}, r"'klt\.win_size' must be int"),
+    ({"klt": {"max_level": 40}}, r"'klt\.max_level' must be in \[0, 13\]"),
+    ({"flow": {"memory_mb": 1e12}}, r"'flow\.memory_mb' must be in \[0, "),
+    ({"flow": {"batch_size": 10 ** 6}}, r"'flow\.batch_size' must be in \[1, 1024\]"),
+    ({"chain": {"query_frames_per_chunk": 10 ** 15}}, r"'chain\.query_frames_per_chunk' must be in \[1, "),
+    ({"tto": {"window": 10 ** 5}}, r"'tto\.window' must be in \[1, 256\]"),
+    ({"filters": {"mask": {"sam2": {"image_size": 100000}}}}, r"image_size' must be in \[16, 8192\]"),
+    ({"refiner": {"window": 10 ** 6}}, r"'refiner\.window' must be in \[2, 1024\]"),
+])
+def test_size_like_settings_have_upper_bounds(change, message):
+    """Resolutions, windows, batches, chunks and memory budgets beyond what a machine holds are refused when
+    the config is read (they were OOM kills after 38 s)."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(change)
+
+
+def test_memory_bounds_come_from_this_machines_memory():
+    from core.config_checks import MACHINE_BYTES
+    limit = MACHINE_BYTES / 2 ** 20
+    assert load_config({"flow": {"memory_mb": limit}}).flow.memory_mb == limit
+    with pytest.raises(ConfigError, match="flow.memory_mb"):
+        load_config({"flow": {"memory_mb": limit * 1.01}})
+    n = MACHINE_BYTES // 64                            # the chunk's own bytes: 64 per (query, frame)
+    assert load_config({"chain": {"query_frames_per_chunk": n}}).chain.query_frames_per_chunk == n
+    with pytest.raises(ConfigError, match="query_frames_per_chunk"):
+        load_config({"chain": {"query_frames_per_chunk": n + 1}})
+
+
+def test_raft_correlation_memory_is_checked_before_any_flow():
+    """RAFT's correlation pyramid, 4 (hw/64)^2 (1 + 1/4 + 1/16 + 1/64) bytes per pair, by hand at 854x480
+    (padded to 856x480: 107 x 60 cells); a working size whose pyramid exceeds the machine is one ConfigError
+    from FlowBank, before the network is even loaded."""
+    import numpy as np
+    from core.config_checks import MACHINE_BYTES
+    from flow.bank import FlowBank
+    from flow.raft import correlation_bytes
+    assert correlation_bytes((480, 854), 1) == int(4 * 6420 ** 2 * 1.328125)
+    assert correlation_bytes((480, 854), 4) == 4 * int(4 * 6420 ** 2 * 1.328125)
+    assert correlation_bytes((8192, 8192), 1) > MACHINE_BYTES
+    video = np.zeros((2, 64, 64, 3), np.uint8)
+    flow = load_config({"flow": {"backend": "raft_small", "resolution": "8192x8192", "weights": "/nonexistent.pth"}}).flow
+    with pytest.raises(ConfigError, match=r"flow.resolution 8192x8192 with flow.batch_size 4: RAFT's correlation "
+                                          r"volume needs [0-9.]+ GB, this machine has"):
+        FlowBank(video, flow)
 
 
 def test_every_range_check_admits_the_shipped_values():
