@@ -122,13 +122,17 @@ def main(argv=None):
     import numpy as np
     from pitrack import Tracker, grid_queries, load_video
     from pitrack.tracker import check_queries, dense_grid
-    from core.atomic import check_writable
+    from core.atomic import check_not_an_input, check_writable
     from core.errors import InputError, PitrackError
     try:
         if not args.out.endswith(".npz"):
             raise InputError(f"--out must end in .npz, got {args.out}")
         if args.viz and not args.viz.endswith(".mp4"):
             raise InputError(f"--viz must end in .mp4, got {args.viz}")
+        inputs = {"--video": args.video, "--queries file": args.queries, "--config file": args.config}
+        for flag, path in (("--out", args.out), ("--viz", args.viz)):
+            if path is not None:
+                check_not_an_input(path, flag, inputs)
         check_writable(args.out, "--out")
         if args.viz:
             from pitrack.viz import check_video_writer

@@ -214,3 +214,24 @@ def check_writable(path, what="output"):
         os.remove(tmp)
     except OSError as e:
         raise OutputError(f"{what} {path} cannot be written: {existing}: {_reason(e)}") from None
+
+
+def _same_file(a, b):
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)          # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def check_not_an_input(path, what, inputs):
+    """OutputError when output ``path`` is one of ``inputs`` ({description: path}, None entries skipped), the
+    same file by name, symbolic link or hard link: writing it would replace what is being read."""
+    from core.errors import OutputError
+    for name, src in inputs.items():
+        if src is None:
+            continue
+        src = os.fspath(src)
+        if _same_file(path, src):
+            raise OutputError(f"{what} {path} is the {name}: it would be overwritten; give another file name")

@@ -241,6 +241,45 @@ def test_output_paths_are_checked_before_tracking(tmp_path, frames, monkeypatch,
     assert sorted(os.listdir(tmp_path)) == sorted(["a_file", "q.npy", "frames"] + (["pred.npz"] if out.is_dir() else []))
 
 
+def write_mp4(path, frames_dir):
+    names = sorted(os.listdir(frames_dir))
+    first = cv2.imread(str(frames_dir / names[0]))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (first.shape[1], first.shape[0]))
+    for n in names:
+        w.write(cv2.imread(str(frames_dir / n)))
+    w.release()
+    return path
+
+
+@pytest.mark.parametrize("case", ["viz_is_the_video", "out_is_the_queries", "out_links_to_the_queries",
+                                  "viz_hard_links_the_video"])
+def test_an_output_that_names_an_input_is_refused(tmp_path, frames, case):
+    """--viz equal to the input video, --out equal to the queries file (by name, symbolic or hard link): one
+    line, exit 2, the input byte-identical."""
+    video = write_mp4(tmp_path / "in.mp4", frames)
+    queries = tmp_path / "q.npz"                         # .npy data under an .npz name: read by its magic
+    with open(queries, "wb") as f:
+        np.save(f, np.float32([[0, 5, 5]]))
+    out, viz = tmp_path / "pred.npz", None
+    if case == "viz_is_the_video":
+        viz = video
+    elif case == "out_is_the_queries":
+        out = queries
+    elif case == "out_links_to_the_queries":
+        out = tmp_path / "link.npz"
+        os.symlink(queries, out)
+    else:
+        viz = tmp_path / "hard.mp4"
+        os.link(video, viz)
+    before = {p: p.read_bytes() for p in (video, queries)}
+    argv = ["--video", str(video), "--queries", str(queries), "--config", KLT, "--out", str(out)]
+    r = run_video(*argv, *(["--viz", str(viz)] if viz else []))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "it would be overwritten" in lines[0], r.stderr
+    assert ("--video" if viz else "--queries file") in lines[0]
+    assert {p: p.read_bytes() for p in before} == before
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
 def test_a_read_only_output_folder(tmp_path, frames):
     ro = tmp_path / "ro"
