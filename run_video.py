@@ -59,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--viz", help="also write a video (.mp4) of the tracks (dense: trails and flow colours)")
     p.add_argument("--tail", type=_at_least(0), default=8, help="frames of trail drawn behind each point (--viz)")
     p.add_argument("--max-frames", type=_at_least(1), help="use only the first N frames")
+    p.add_argument("--allow-damaged", action="store_true",
+                   help="track a video file whose decoder reports damaged data (refused otherwise)")
     p.add_argument("--no-cache", action="store_true", help="recompute every cached stage")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -141,7 +143,10 @@ def main(argv=None):
         tracker = Tracker.from_config(args.config, progress=not args.quiet, use_cache=not args.no_cache)
         if args.queries is not None:
             queries = read_queries(args.queries, args.query_order)
-        video = load_video(args.video, args.max_frames)
+        notes = []
+        video = load_video(args.video, args.max_frames, args.allow_damaged, notes)
+        for note in notes:
+            print(f"run_video.py: note: {note}", file=sys.stderr)
         T, H, W = video.shape[:3]
         if args.dense is not None:
             dense_grid(args.dense, H, W)                     # bad stride: fails before any tracking

@@ -59,11 +59,15 @@ def image_format(data):
 
 
 def is_complete_image(data):
-    """Whether the bytes of a JPEG (PNG) file end with its end marker (IEND chunk); zero bytes after it are
-    allowed (padding). A file cut short lacks the end; the check reads no pixel data."""
+    """Whether a JPEG file holds its end-of-image marker (anywhere after its start: phones' motion photos
+    append a video after it, and 0xFFD9 cannot occur inside JPEG's entropy-coded data), or a PNG file ends
+    with its IEND chunk (zero bytes after it allowed: padding). A file cut short lacks the end; the check
+    reads no pixel data (a JPEG cut after an embedded thumbnail's end marker is found when decoded:
+    libjpeg's "Premature end of JPEG file")."""
     fmt = image_format(data)
-    end = {"JPEG": JPEG_END, "PNG": PNG_END}.get(fmt)
-    return end is not None and data.rstrip(b"\x00").endswith(end)
+    if fmt == "JPEG":
+        return data.find(JPEG_END, len(JPEG_START)) >= 0
+    return fmt == "PNG" and data.rstrip(b"\x00").endswith(PNG_END)
 
 
 class NativeMessages:

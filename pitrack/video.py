@@ -31,27 +31,38 @@ def check_max_frames(max_frames):
         raise InputError(f"--max-frames must be >= 1, got {max_frames!r}")
 
 
-def load_video(path, max_frames=None):
+def load_video(path, max_frames=None, allow_damaged=False, notes=None):
     """Video as uint8 RGB [T, H, W, 3] from a frame folder or a video file; its first ``max_frames`` frames
     when given. Raises InputError on bad input: a frame that does not decode completely (a truncated or
     corrupt JPEG/PNG), frames of different sizes, a video file whose frames stop decoding before the count
-    its container declares."""
+    its container declares, or one whose decoder reports errors while decoding (FFmpeg conceals them with
+    guessed pixels; ``allow_damaged`` accepts such a file, appending a line naming its frames to the list
+    ``notes`` where one is given)."""
     check_max_frames(max_frames)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"video must be a path (str or os.PathLike) or an array, got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"video not found: {path}")
     if os.path.isdir(path):
         frames = _read_folder(path, max_frames)
+    elif not os.path.isfile(path):
+        raise InputError(f"video {path} is neither a folder nor a regular file")
     elif path.lower().endswith(FRAME_EXTENSIONS):
         frames = [_read_frame(path)]                      # one image: a video of one frame
     else:
-        frames = _read_file(path, max_frames)
+        frames = _read_file(path, max_frames, allow_damaged, notes)
     video = np.stack(frames)[..., ::-1]  # BGR -> RGB
     return np.ascontiguousarray(video)
 
 
 def _read_folder(path, max_frames):
-    names = list_frame_files(path)
+    try:
+        names = list_frame_files(path)
+    except OSError as e:
+        raise InputError(f"cannot list the video folder {path} ({e.strerror or e})") from None
     if max_frames is not None:
         names = names[:max_frames]
     if not names:
@@ -78,13 +89,24 @@ def _read_frame(file, messages=None):
     return decode_image(data, f"frame {file}", messages)
 
 
-def _read_file(path, max_frames):
+# What FFmpeg's decoders print when a file's data is damaged (and they conceal it with guessed pixels).
+# Other messages (e.g. swscaler's "deprecated pixel format used") are not damage.
+_VIDEO_DAMAGE = re.compile(r"damaged|error|marker bit missing|concealing|corrupt|invalid|partial file|"
+                           r"truncat|illegal|overread|out of range", re.IGNORECASE)
+def _read_file(path, max_frames, allow_damaged=False, notes=None):
     """Frames (BGR) of a video file. Its container's frame count, where it declares one, is the number
-    expected (up to ``max_frames``); fewer is an InputError quoting the decoder's first message."""
+    expected (up to ``max_frames``); fewer is an InputError quoting the decoder's first message. A decoder
+    report of damaged data (:data:`_VIDEO_DAMAGE`) is an InputError naming the frames being decoded when it
+    came (FFmpeg decodes a frame or a few ahead, so they are the frames around the damage), unless
+    ``allow_damaged`` (then a line for ``notes``)."""
     import cv2
-    frames = []
+    frames, damage = [], {}                  # frame index -> first damage line reported while reading it
     with NativeMessages() as messages:
-        cap = cv2.VideoCapture(path)
+        # one decoding thread: FFmpeg's frame threads decode ahead, and a report would come with an earlier frame
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        if not cap.isOpened():
+            cap = cv2.VideoCapture(path)                  # a container only another backend reads
+        heard = []
         try:
             if not cap.isOpened():
                 raise InputError(f"cannot open video file {path}{_quote(messages.new_lines())}")
@@ -96,18 +118,38 @@ def _read_file(path, max_frames):
                     break
                 if frames and img.shape != frames[0].shape:
                     raise InputError(f"frame {len(frames)} of {path} changes size")
+                lines = messages.new_lines()
+                heard += lines
+                bad = [line for line in lines if _VIDEO_DAMAGE.search(line)]
+                if bad:
+                    damage[len(frames)] = bad[0]
                 frames.append(img)
         finally:
             cap.release()
-        said = messages.new_lines()
+        said = heard + messages.new_lines()
     expected = declared if max_frames is None or declared is None else min(declared, max_frames)
     n = len(frames)
     if not frames:
         raise InputError(f"video file has zero decodable frames: {path}{_quote(said)}")
     if expected is not None and n < expected:
+        clean = min(damage, default=n)               # frames before the first one decoded with errors
+        way_out = (f"use --max-frames {clean} to track the {clean} before the damage" if clean else
+                   f"even frame 0 reports errors (--allow-damaged --max-frames {n} tracks the {n} as decoded)")
         raise InputError(f"video file {path} is damaged: only {n} of its {declared} frames decode{_quote(said)}; "
-                         f"use --max-frames {n} to track those {n}")
+                         f"{way_out}")
+    if damage:
+        what = (f"video file {path} is damaged: its decoder reported errors in frame"
+                f"{'s' if len(damage) > 1 else ''} {_frame_list(sorted(damage))} of {n}{_quote([damage[min(damage)]])}")
+        if not allow_damaged:
+            raise InputError(f"{what}; --allow-damaged tracks it anyway")
+        if notes is not None:
+            notes.append(f"{what}; tracked as decoded (--allow-damaged)")
     return frames
+
+
+def _frame_list(frames, most=8):
+    text = ", ".join(str(t) for t in frames[:most])
+    return text + (f" and {len(frames) - most} more" if len(frames) > most else "")
 
 
 def _quote(lines):

@@ -39,12 +39,12 @@ def write_video(path, fourcc, frames):
 
 
 def zero_middle_of_frame_data(path):
-    """Zero the middle half of an mp4's frame data (its mdat box)."""
+    """Zero 70-95 % of an mp4's frame data (its mdat box): past frame 0, the I-frame that fills most of it."""
     data = bytearray(open(path, "rb").read())
     start = data.find(b"mdat") + 4
     end = data.find(b"moov", start)
     end = len(data) if end < 0 else end
-    a, b = start + (end - start) // 4, start + 3 * (end - start) // 4
+    a, b = start + 70 * (end - start) // 100, start + 95 * (end - start) // 100
     data[a:b] = bytes(b - a)
     open(path, "wb").write(bytes(data))
 
@@ -69,11 +69,88 @@ def test_damaged_video_file_is_refused_and_max_frames_reads_what_decodes(tmp_pat
     with pytest.raises(InputError) as e:
         load_video(path)
     msg = str(e.value)
-    m = re.search(r"is damaged: only (\d) of its 8 frames decode \(decoder: .+\); use --max-frames (\d) to track those \1$", msg)
-    assert m and m.group(1) == m.group(2) and "\n" not in msg, msg
-    k = int(m.group(1))
+    m = re.search(r"is damaged: only (\d) of its 8 frames decode \(decoder: .+\); use --max-frames (\d) to track the "
+                  r"\2 before the damage$", msg)
+    assert m and int(m.group(2)) <= int(m.group(1)) and "\n" not in msg, msg
+    k = int(m.group(2))
     assert 1 <= k < 8
     assert load_video(path, max_frames=k).shape[0] == k      # the way out the message names works
+
+
+def damaged_but_complete_mp4(tmp_path):
+    """An mp4 (20 frames) with 200 random bytes written into its frame data such that every frame still
+    decodes but FFmpeg reports the damage (and conceals it): the first of a few random placements that do."""
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3)).astype(np.uint8), (0, 0), 3)
+    path = write_video(tmp_path / "clip.mp4", "mp4v", [np.roll(base, 3 * t, axis=1) for t in range(20)])
+    good = open(path, "rb").read()
+    assert load_video(path).shape == (20, 240, 320, 3)
+    for seed in range(8):
+        for frac in (0.6, 0.4):
+            data = bytearray(good)
+            at = int(len(data) * frac)
+            data[at:at + 200] = np.random.default_rng(seed).integers(0, 256, 200, dtype=np.uint8).tobytes()
+            open(path, "wb").write(bytes(data))
+            cap = cv2.VideoCapture(path)
+            n = 0
+            while cap.read()[0]:
+                n += 1
+            cap.release()
+            if n == 20:
+                try:
+                    load_video(path)
+                except InputError:
+                    return path
+    pytest.fail("no placement of the damage gave a file whose 20 frames decode with errors")
+
+
+def test_video_file_whose_decoder_reports_damage_is_refused_unless_allowed(tmp_path):
+    """Every frame decodes, but FFmpeg says 'Error at MB' / 'marker bit missing' and fills in guessed pixels:
+    one line naming the frames and the decoder's message, exit 2; --allow-damaged tracks it with one note."""
+    path = damaged_but_complete_mp4(tmp_path)
+    with pytest.raises(InputError) as e:
+        load_video(path)
+    msg = str(e.value)
+    assert re.search(r"is damaged: its decoder reported errors in frames? [0-9, ]+ of 20 \(decoder: mpeg4: .+\); "
+                     r"--allow-damaged tracks it anyway$", msg) and "\n" not in msg, msg
+    notes = []
+    assert load_video(path, allow_damaged=True, notes=notes).shape == (20, 240, 320, 3)
+    assert len(notes) == 1 and "tracked as decoded (--allow-damaged)" in notes[0]
+    q = tmp_path / "q.npy"
+    np.save(q, np.float32([[0, 100, 100]]))
+    cli = [sys.executable, os.path.join(ROOT, "run_video.py"), "--quiet", "--video", path, "--queries", str(q),
+           "--config", KLT, "--out", str(tmp_path / "p.npz")]
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "is damaged: its decoder reported errors" in lines[0], r.stderr
+    assert not (tmp_path / "p.npz").exists()
+    r = subprocess.run(cli + ["--allow-damaged"], capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 0 and len(lines) == 1 and lines[0].startswith("run_video.py: note: video file"), r.stderr
+    assert np.load(tmp_path / "p.npz")["tracks"].shape == (1, 20, 2)
+
+
+def test_jpegs_with_data_after_their_end_marker_track_like_the_plain_files(tmp_path):
+    """Motion photos append a video after the JPEG's end marker: the frames decode as the plain JPEGs do, and
+    run_video.py writes byte-identical outputs for the two folders."""
+    plain, motion = tmp_path / "plain", tmp_path / "motion"
+    plain.mkdir(), motion.mkdir()
+    for t, f in enumerate(textured_frames(5, (96, 128))):
+        data = _jpeg(f)
+        (plain / f"{t}.jpg").write_bytes(data)
+        (motion / f"{t}.jpg").write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    assert np.array_equal(load_video(plain), load_video(motion))
+    q = tmp_path / "q.npy"
+    np.save(q, np.float32([[0, 60, 40], [2, 30, 50]]))
+    outs = []
+    for folder in (plain, motion):
+        out = tmp_path / f"{folder.name}.npz"
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "run_video.py"), "--quiet", "--video", str(folder),
+                            "--queries", str(q), "--config", KLT, "--out", str(out)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0 and not r.stderr, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
