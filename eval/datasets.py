@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,16 @@ from core.images import NativeMessages, decode_image, image_format, is_complete_
 from pitrack.video import list_frame_files, load_video
 
 STRIDE = 5  # TAP-Vid query-strided: every 5th frame
+
+
+def read_npz(path):
+    """``np.load`` of an .npz archive, its arrays read on access; one InputError unless it is a zip file."""
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is not an .npz archive (not a zip file)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path} ({str(e)[:200]})") from None
 
 
 class TapVidVideo:
@@ -47,11 +58,11 @@ class TapVidVideo:
 
     @classmethod
     def from_folder(cls, folder):
+        d = read_npz(os.path.join(folder, "tracks.npz"))
         try:
-            d = np.load(os.path.join(folder, "tracks.npz"))
             points, occluded = d["points"], d["occluded"]
-        except (OSError, KeyError, ValueError) as e:
-            raise InputError(f"{folder}: cannot read tracks.npz ({e})") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise InputError(f"{folder}: cannot read tracks.npz ({str(e)[:200]})") from None
         meta = _read_meta(folder)
         if not {"height", "width"} <= set(meta):
             raise InputError(f"{folder}: meta.json lacks height or width")
@@ -145,11 +156,11 @@ class BadjaVideo:
 
     @classmethod
     def from_folder(cls, folder):
+        d = read_npz(os.path.join(folder, "joints.npz"))
         try:
-            d = np.load(os.path.join(folder, "joints.npz"))
             frames, points, visible = d["frames"], d["points"], d["visible"]
-        except (OSError, KeyError, ValueError) as e:
-            raise InputError(f"{folder}: cannot read joints.npz ({e})") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise InputError(f"{folder}: cannot read joints.npz ({str(e)[:200]})") from None
         masks_dir = os.path.join(folder, "gt_masks")
         masks = list_frame_files(masks_dir) if os.path.isdir(masks_dir) else []
         if len(masks) <= int(np.max(frames, initial=-1)):
@@ -312,11 +323,18 @@ def _all_videos(data):
     if not os.path.isdir(data):
         raise InputError(f"data not found: {data}")
     if is_video_folder(data):
-        return [VideoRef(_basename(data), data)]
-    entries = sorted(os.listdir(data))
-    folders = [os.path.join(data, d) for d in entries if is_video_folder(os.path.join(data, d))]
+        folders = [data]
+    else:
+        try:
+            entries = sorted(os.listdir(data))
+        except OSError as e:
+            raise InputError(f"cannot list {data} ({e.strerror or e})") from None
+        folders = [os.path.join(data, d) for d in entries if is_video_folder(os.path.join(data, d))]
     if folders:
-        return [VideoRef(_basename(f), f) for f in folders]
+        refs = [VideoRef(_basename(f), f) for f in folders]
+        for r in refs:          # cheap (tracks.npz / joints.npz and meta.json; frames are read later)
+            r.open()
+        return refs
     annotations = os.path.join(data, "joint_annotations")
     if os.path.isdir(annotations):
         jsons = sorted(f for f in os.listdir(annotations) if f.endswith(".json"))

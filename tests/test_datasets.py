@@ -163,6 +163,39 @@ def test_bad_pickles_are_refused_before_tracking(tmp_path, folder_video, bad, ne
     assert not out.exists() or not os.listdir(out)
 
 
+@pytest.mark.parametrize("damage, needle", [
+    (lambda p: p.write_text("not a zip"), "tracks.npz is not an .npz archive (not a zip file)"),
+    (lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]), "tracks.npz is not an .npz archive"),
+])
+def test_every_tracks_npz_is_checked_when_a_folder_is_listed(tmp_path, synthetic_clip, damage, needle):
+    """A dataset folder whose second video's tracks.npz is damaged: one line, exit 2, before the first video
+    is tracked (no result written)."""
+    import shutil
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        shutil.copytree(synthetic_clip, data / name)
+    damage(data / "b" / "tracks.npz")
+    out = tmp_path / "res"
+    one_line_exit_2(run("-m", "eval.bench", "--config", KLT, "--data", str(data), "--out", str(out)), needle)
+    assert not out.exists()
+
+
+def test_an_unreadable_dataset_folder_is_one_line(tmp_path, monkeypatch):
+    """A folder that cannot be listed (a non-root user without read permission; simulated, as root reads
+    anything) is an InputError naming it."""
+    from eval.datasets import list_videos
+    (tmp_path / "data").mkdir()
+    real = os.listdir
+
+    def refuse(path="."):
+        if os.fspath(path) == str(tmp_path / "data"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+    monkeypatch.setattr(os, "listdir", refuse)
+    with pytest.raises(InputError, match=r"cannot list .*data \(Permission denied\)"):
+        list_videos(str(tmp_path / "data"))
+
+
 class _RunsCode:
     """Unpickled by plain pickle.load, this runs a shell command that creates ``marker``."""
 
