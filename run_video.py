@@ -21,7 +21,8 @@ import sys
 
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
-GRID_POINTS_NOTE = 100_000      # --grid above this many points: a note on the run time (and --dense)
+GRID_POINTS_NOTE = 100_000      # --grid or --queries above this many points: a note on the run time
+QUERIES_MAX_BYTES = 1 << 28     # a queries file larger than this (11 million rows as .npy float64) is refused
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,23 +76,55 @@ def parse_args(argv=None):
     return args
 
 
+def _read_npy(f, path, size):
+    """The array of an open .npy file, its header checked against the file's size first (a header may claim
+    any shape; numpy would allocate it before reading)."""
+    import numpy as np
+    from core.errors import InputError
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in read_header:
+        raise InputError(f"queries {path}: .npy format version {version[0]}.{version[1]} is not read here (1.0 or 2.0)")
+    shape, fortran, dtype = read_header[version](f)
+    if dtype.hasobject:
+        raise InputError(f"queries {path} hold Python objects, not numbers")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > size - f.tell():
+        raise InputError(f"queries {path}: the .npy header claims shape {list(shape)} ({need} bytes) but the file "
+                         f"holds {size - f.tell()} bytes of data")
+    f.seek(0)
+    return np.load(f, allow_pickle=False)
+
+
 def read_queries(path, order="txy"):
     """Queries float [N, 3] (t, x, y) from a .npy file or a text file of rows (spaces or commas; '#' starts a
     comment); ``order`` 'tyx' swaps the last two columns. InputError when it is neither."""
+    import stat
     import numpy as np
     from core.errors import InputError
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"queries {path} is not a regular file (a FIFO, device or folder cannot be read "
+                             f"as queries)")
+        size = os.path.getsize(path)
+        if size > QUERIES_MAX_BYTES:
+            raise InputError(f"queries {path} are {size / 2 ** 20:.0f} MB, more than {QUERIES_MAX_BYTES >> 20} MB "
+                             f"of queries; for every pixel use --dense")
         with open(path, "rb") as f:
             head = f.read(6)
-        if head == b"\x93NUMPY":
-            q = np.load(path, allow_pickle=False)
-        else:
+            if head == b"\x93NUMPY":
+                f.seek(0)
+                q = _read_npy(f, path, size)
+        if head != b"\x93NUMPY":
             with open(path, encoding="utf-8") as f:
                 text = f.read()
             rows = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
             rows = [r for r in rows if r]
             q = np.loadtxt(rows, delimiter="," if rows and "," in rows[0] else None, ndmin=2, dtype=np.float64) \
                 if rows else np.zeros((0, 3))
+    except InputError:
+        raise
     except UnicodeDecodeError:
         raise InputError(f"queries {path} are neither a .npy array nor text rows (t, x, y)") from None
     except (OSError, ValueError) as e:
@@ -172,6 +205,9 @@ def main(argv=None):
                           "tracks every S-th pixel and stores float16", file=sys.stderr)
                 queries = grid_queries(args.grid, args.grid_frame, H, W)
             queries = check_queries(queries, video.shape)
+            if args.grid is None and len(queries) > GRID_POINTS_NOTE and not args.quiet:
+                print(f"run_video.py: note: {len(queries)} queries; --dense S tracks every S-th pixel and stores "
+                      "float16", file=sys.stderr)
             result = tracker(video, queries)
 
             def draw(path):

@@ -60,12 +60,16 @@ def dense_queries(frame, stride, height, width):
     return np.stack([np.full(gx.size, frame, np.float32), gx.ravel(), gy.ravel()], 1)
 
 
+FRAME_INDEX_TOLERANCE = 1e-6   # a query's frame index may differ this much from an integer (float rounding)
+
+
 def check_queries(queries, video_shape):
     """Validate queries [N, 3] rows (t, x, y) (integer or real numbers; an array, a torch tensor, or
     CoTracker's [1, N, 3]) against a video of shape [T, H, W, 3]; returns float32 [N, 3]."""
     T, H, W = video_shape[:3]
+    q = as_numpy(queries)
     try:
-        q = np.asarray(as_numpy(queries))
+        q = np.asarray(q)
     except ValueError:
         raise InputError("queries must be an [N, 3] array: its rows differ in length") from None
     if q.ndim == 3 and q.shape[2] == 3:
@@ -79,19 +83,19 @@ def check_queries(queries, video_shape):
         raise InputError("queries are empty (N = 0)")
     if q.dtype == bool or not (np.issubdtype(q.dtype, np.integer) or np.issubdtype(q.dtype, np.floating)):
         raise InputError(f"queries must be real numbers (integer or float), got dtype {q.dtype}")
-    q = q.astype(np.float32)
+    q = q.astype(np.float64)                   # checked before float32, where 1e300 would become infinity
     if not np.all(np.isfinite(q)):
         raise InputError("queries contain NaN or infinity")
     t = q[:, 0]
-    bad = np.nonzero((np.abs(t - np.round(t)) > 1e-3) | (t < 0) | (t > T - 1))[0]
+    bad = np.nonzero((np.abs(t - np.round(t)) > FRAME_INDEX_TOLERANCE) | (t < 0) | (t > T - 1))[0]
     if bad.size:
-        raise InputError(f"query {bad[0]} has frame index {t[bad[0]]:g}: must be an integer in [0, {T - 1}]")
+        raise InputError(f"query {bad[0]} has frame index {t[bad[0]]:.10g}: must be an integer in [0, {T - 1}]")
     bad = np.nonzero((q[:, 1] < 0) | (q[:, 1] > W) | (q[:, 2] < 0) | (q[:, 2] > H))[0]
     if bad.size:
         i = bad[0]
         raise InputError(f"query {i} at (x={q[i, 1]:g}, y={q[i, 2]:g}) lies outside the {W}x{H} frame")
     q[:, 0] = np.round(t)
-    return q
+    return q.astype(np.float32)
 
 
 def grid_queries(k, frame, height, width):

@@ -161,6 +161,8 @@ def as_numpy(x):
     """``x`` as a numpy array where it is a torch tensor (detached, copied to the CPU; bfloat16 and other
     dtypes numpy lacks as float32), else ``x`` itself. torch is never imported here."""
     if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        if getattr(getattr(x, "device", None), "type", "") == "meta":
+            raise InputError("a tensor on the meta device holds no data: pass one on the CPU or a GPU")
         x = x.detach().cpu()
         try:
             return x.numpy()
@@ -202,6 +204,9 @@ def _from_cotracker_layout(video):
     if video.size and (video.min() < 0 or video.max() > 255):
         raise InputError(f"video [1, T, 3, H, W] has values in [{video.min():g}, {video.max():g}]: they must lie in "
                          f"0..255, as for CoTracker")
+    if video.size and np.issubdtype(video.dtype, np.floating) and video.max() <= 1.0:
+        raise InputError(f"video [1, T, 3, H, W] is float with values in [{video.min():g}, {video.max():g}]: "
+                         f"CoTracker's layout takes 0..255 (multiply a 0..1 video by 255)")
     return np.rint(video).astype(np.uint8)
 
 

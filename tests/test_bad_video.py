@@ -353,3 +353,38 @@ def test_tracker_module_imports_without_torch():
     code = "import sys, pitrack.tracker; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+
+
+def test_api_inputs_of_the_wrong_kind_are_one_clear_error(klt, clip, tmp_path, monkeypatch):
+    """A meta-device tensor (no data), a bytes path, a float video of 0..1 in CoTracker's layout (it would be
+    tracked as an almost black video), an object that is no path, and a frame folder that cannot be listed."""
+    torch = pytest.importorskip("torch")
+    video, queries = clip
+    with pytest.raises(InputError, match="meta device holds no data"):
+        klt(torch.empty(video.shape, dtype=torch.uint8, device="meta"), queries)
+    with pytest.raises(InputError, match="meta device holds no data"):
+        klt(video, torch.empty((2, 3), device="meta"))
+    for t, f in enumerate(video):
+        cv2.imwrite(str(tmp_path / f"{t}.png"), f[..., ::-1])
+    assert np.array_equal(load_video(os.fsencode(str(tmp_path))), load_video(tmp_path))
+    with pytest.raises(InputError, match="video must be a path .* got int"):
+        load_video(5)
+    v01 = torch.from_numpy(video).permute(0, 3, 1, 2)[None].float() / 255
+    with pytest.raises(InputError, match=r"is float with values in \[0, 1\]: CoTracker's layout takes 0..255"):
+        klt(v01, queries)
+    assert klt(v01 * 255, queries).tracks.shape == (2, 6, 2)
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p=".": (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if os.fspath(p) == str(tmp_path) else real(p))
+    with pytest.raises(InputError, match=r"cannot list the video folder .* \(Permission denied\)"):
+        load_video(tmp_path)
+
+
+def test_a_fractional_frame_index_beyond_one_millionth_is_refused(klt, clip):
+    video, queries = clip
+    q = queries.astype(np.float64)
+    q[0, 0] = 0.9995
+    with pytest.raises(InputError, match=r"frame index 0.9995: must be an integer"):
+        klt(video, q)
+    q[0, 0] = 1 - 1e-7                                   # float rounding of 1: accepted as frame 1
+    assert klt(video, q).tracks.shape == (2, 6, 2)

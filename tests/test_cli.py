@@ -85,6 +85,16 @@ def write_config(tmp_path, text):
     ("unknown_tracker", "unknown tracker"),
     ("wrong_type", "must be int"),
     ("grid_frame", "--grid-frame"),
+    ("query_huge_header", "the .npy header claims shape [100000000000, 3] (1200000000000 bytes) but the file holds 24"),
+    ("query_fifo", "is not a regular file"),
+    ("query_dev_zero", "is not a regular file"),
+    ("query_folder", "is not a regular file"),
+    ("query_overflow", "query 0 at (x=1e+300, y=5) lies outside the 96x64 frame"),
+    ("query_fractional_time", "query 0 has frame index 0.9995: must be an integer in [0, 5]"),
+    ("config_deep", "nested deeper than 16 levels"),
+    ("config_laughs", "expands to more than 20000 values"),
+    ("config_duplicate_key", "key 'win_size' is given twice"),
+    ("config_base_outside", "'base' must be one YAML file name"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, frames, case, needle):
     video, q, cfg, extra = str(frames), save_queries(tmp_path, [[0, 5, 5]]), KLT, []
@@ -113,6 +123,34 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, frames, case, needle):
         cfg = write_config(tmp_path, "tracker: magic\n")
     elif case == "wrong_type":
         cfg = write_config(tmp_path, "klt:\n  win_size: big\n")
+    elif case == "query_huge_header":                  # numpy would allocate 1.2 TB for it
+        header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 3), np.float32))
+        q = str(tmp_path / "huge.npy")
+        with open(q, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, dict(header, shape=(10 ** 11, 3)))
+            f.write(bytes(24))
+    elif case == "query_fifo":                          # reading it would wait forever
+        q = str(tmp_path / "fifo")
+        os.mkfifo(q)
+    elif case == "query_dev_zero":                      # reading it would never end
+        q = "/dev/zero"
+    elif case == "query_folder":
+        q = str(tmp_path)
+    elif case == "query_overflow":                      # float64, infinite as float32
+        q = str(tmp_path / "q64.npy")
+        np.save(q, np.array([[0, 1e300, 5]], np.float64))
+    elif case == "query_fractional_time":
+        q = str(tmp_path / "q64.npy")
+        np.save(q, np.array([[0.9995, 5, 5]], np.float64))
+    elif case == "config_deep":
+        cfg = write_config(tmp_path, "klt:\n  win_size: " + "[" * 5000 + "]" * 5000 + "\n")
+    elif case == "config_laughs":
+        from test_configs import billion_laughs
+        cfg = write_config(tmp_path, billion_laughs(9))
+    elif case == "config_duplicate_key":
+        cfg = write_config(tmp_path, "tracker: klt\nklt:\n  win_size: 5\n  win_size: 7\n")
+    elif case == "config_base_outside":
+        cfg = write_config(tmp_path, "base: /etc/passwd\n")
     out = tmp_path / "pred.npz"
     args = ["--video", video, "--config", cfg, "--out", str(out)]
     if case == "grid_frame":
@@ -124,6 +162,17 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, frames, case, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_a_note_above_100000_queries(tmp_path, frames):
+    """10^6 queries track (the static baseline: quick) with one note on stderr pointing at --dense."""
+    rng = np.random.default_rng(0)
+    q = np.stack([np.zeros(10 ** 6), rng.uniform(0, 96, 10 ** 6), rng.uniform(0, 64, 10 ** 6)], 1)
+    qpath = save_queries(tmp_path, q)
+    r = run(os.path.join(ROOT, "run_video.py"), "--video", str(frames), "--queries", qpath, "--config", STATIC,
+            "--out", str(tmp_path / "p.npz"))
+    notes = [line for line in r.stderr.splitlines() if "note:" in line]
+    assert r.returncode == 0 and len(notes) == 1 and "1000000 queries; --dense S" in notes[0], r.stderr[-2000:]
 
 
 def test_cli_argument_errors_are_one_line(tmp_path):
