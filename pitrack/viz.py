@@ -160,10 +160,12 @@ def check_video_writer():
 
 def write_video(path, frames, fps=12):
     """Write RGB frames uint8 [T, H, W, 3] as an mp4 (OpenCV 'mp4v'), atomically. OpenCV's writer does not
-    report a failed write (a full disk): the file is read back, and fewer frames than written is an OSError."""
+    report a failed write (a full disk): the file is read back, and fewer frames than written is an OSError
+    quoting FFmpeg's first message (what FFmpeg prints goes into that message, not onto the terminal)."""
     import cv2
+    from core.images import NativeMessages, decoder_line
     H, W = frames.shape[1:3]
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, NativeMessages() as messages:
         writer = _mp4_writer(tmp, fps, (W, H))
         for f in frames:
             writer.write(np.ascontiguousarray(f[..., ::-1]))
@@ -172,7 +174,9 @@ def write_video(path, frames, fps=12):
         written = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
         cap.release()
         if written != len(frames):
-            raise OSError(errno.EIO, f"the video holds {written} of its {len(frames)} frames (disk full?)")
+            said = decoder_line(messages.new_lines())
+            raise OSError(errno.EIO, f"the video holds {written} of its {len(frames)} frames (disk full?"
+                                     f"{' FFmpeg: ' + said[:200] if said else ''})")
 
 
 def write_overlay(path, video, tracks, visible, queries, fps=12, tail=8):

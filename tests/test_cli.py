@@ -164,6 +164,30 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, frames, case, needle):
     assert not out.exists()
 
 
+def test_a_full_disk_while_writing_the_overlay_is_one_line(tmp_path):
+    """The file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG as on a full disk) stops the
+    mp4 part-way: one line (FFmpeg's own lines inside it, not printed), exit 2, neither output left."""
+    import resource
+    import signal
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        cv2.imwrite(str(folder / f"{t:03d}.png"), rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    q = save_queries(tmp_path, [[0, 100, 100]])
+    out, viz = tmp_path / "out" / "p.npz", tmp_path / "out" / "v.mp4"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run_video.py"), "--quiet", "--video", str(folder),
+                        "--queries", q, "--config", STATIC, "--out", str(out), "--viz", str(viz)],
+                       capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and f"cannot write {viz}" in lines[0], r.stderr
+    assert os.listdir(tmp_path / "out") == []
+
+
 def test_a_note_above_100000_queries(tmp_path, frames):
     """10^6 queries track (the static baseline: quick) with one note on stderr pointing at --dense."""
     rng = np.random.default_rng(0)
