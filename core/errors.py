@@ -1,4 +1,6 @@
-"""Errors a user can cause. Command-line entry points print them as one line and exit with code 2."""
+"""Errors a user can cause. Command-line entry points print them as one line and exit with code 2, and
+run under :func:`run_command`, which makes Ctrl-C one line and exit code 130."""
+import sys
 
 
 class PitrackError(Exception):
@@ -19,3 +21,14 @@ class WeightsError(PitrackError, FileNotFoundError):
 
 class OutputError(PitrackError):
     """An output path that cannot be written: a folder, under a file, no permission, disk full."""
+
+
+def run_command(main, prog):
+    """``main()``'s exit code; Ctrl-C (KeyboardInterrupt) anywhere in it is one line on stderr and exit code 130
+    (128 + SIGINT) instead of a traceback. Outputs are written atomically (core.atomic), so nothing is left
+    half-written; a per-video optimisation keeps its last completed step (tto/train.py)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

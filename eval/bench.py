@@ -391,4 +391,5 @@ def run_benchmark(args, resize):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_command
+    sys.exit(run_command(main, "eval.bench"))

@@ -94,4 +94,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_command
+    sys.exit(run_command(main, "eval.rescore"))

@@ -274,4 +274,5 @@ def fmt(s):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_command
+    sys.exit(run_command(main, "flow.train_uncertainty"))

@@ -165,4 +165,5 @@ def _done(out, job):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_command
+    sys.exit(run_command(main, "pitrack.batch"))

@@ -188,6 +188,31 @@ def test_a_full_disk_while_writing_the_overlay_is_one_line(tmp_path):
     assert os.listdir(tmp_path / "out") == []
 
 
+@pytest.mark.parametrize("stage", ["Tracker.__call__", "write_overlay"])
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(tmp_path, frames, stage):
+    """A real SIGINT arrives while tracking, or while the overlay is written: 'run_video.py: interrupted',
+    exit code 130, no traceback, and neither output nor a temporary file left."""
+    q = save_queries(tmp_path, [[0, 5, 5]])
+    out, viz = tmp_path / "out" / "p.npz", tmp_path / "out" / "v.mp4"
+    (tmp_path / "out").mkdir()
+    owner, name = stage.split(".") if "." in stage else ("pitrack.viz", stage)
+    code = (
+        "import os, signal, sys, time\n"
+        f"sys.path.insert(0, {ROOT!r}); sys.argv = ['run_video.py']\n"
+        "import run_video, pitrack.viz\n"
+        "from pitrack.tracker import Tracker\n"
+        "def interrupted(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        f"setattr({'Tracker' if owner == 'Tracker' else 'pitrack.viz'}, {name!r}, interrupted)\n"
+        "from core.errors import run_command\n"
+        f"sys.exit(run_command(lambda: run_video.main(['--quiet', '--video', {str(frames)!r}, '--queries', {q!r},"
+        f" '--config', {KLT!r}, '--out', {str(out)!r}, '--viz', {str(viz)!r}]), 'run_video.py'))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130 and r.stderr.strip() == "run_video.py: interrupted", (r.returncode, r.stderr)
+    assert os.listdir(tmp_path / "out") == []
+
+
 def test_a_note_above_100000_queries(tmp_path, frames):
     """10^6 queries track (the static baseline: quick) with one note on stderr pointing at --dense."""
     rng = np.random.default_rng(0)
