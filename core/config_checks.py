@@ -12,7 +12,8 @@ import math
 import os
 import re
 
-QUOTE_CHARS = 200   # an error message quotes at most this much of a value
+from core.coords import parse_resolution
+from core.errors import QUOTE_CHARS, quoted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +88,8 @@ def _physical_memory():
 # Upper bounds of the size-like settings: a typo or a hostile file is a ConfigError when the config is read,
 # not a 40 GB allocation and the OOM killer minutes later. Each bound is where the setting's own cost
 # (the formula beside it) passes MACHINE_BYTES, this machine's physical memory, or a geometric limit:
-# nothing is larger than a raster of MAX_SIDE. Useful values are far below every bound.
+# nothing is larger than a raster of MAX_SIDE (core.coords). Useful values are far below every bound.
 MACHINE_BYTES = _physical_memory()
-MAX_SIDE = 8192          # a working raster's side (8K); one float32 RGB frame of it is 0.8 GB
 
 
 def fits_memory(lo, bytes_each):
@@ -103,17 +103,10 @@ DEVICE = Pattern("auto, cpu, cuda, cuda:N or mps", regex=r"|auto|cpu|cuda|cuda:\
 
 
 def _parse_resolution(v):
-    from core.coords import parse_resolution
     parse_resolution(v, (64, 64))
 
 
 RESOLUTION = Pattern("a resolution", parse=_parse_resolution)
-
-
-def quoted(value):
-    """``repr(value)``, cut to :data:`QUOTE_CHARS` characters with the full length said."""
-    text = repr(value)
-    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} characters)"
 
 
 def check_value(value, checks, key):

@@ -10,7 +10,9 @@ import re
 
 import numpy as np
 
-from core.errors import ConfigError
+from core.errors import ConfigError, quoted
+
+MAX_SIDE = 8192          # largest side of a working raster (8K); one float32 RGB frame of it is 0.8 GB
 
 SCORING_SIZE = (256, 256)  # (H, W) of the TAP-Vid scoring raster
 
@@ -70,7 +72,6 @@ def parse_resolution(spec, hw):
     ``long<N>`` (e.g. ``long512``) -> the long side scaled to N, aspect kept, each side rounded to
     a multiple of 8 (what RAFT needs); ``short<N>`` likewise for the short side.
     """
-    from core.config_checks import MAX_SIDE, quoted
     H, W = int(hw[0]), int(hw[1])
     s = str(spec).strip().lower()
     if s == "native":

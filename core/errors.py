@@ -2,6 +2,14 @@
 run under :func:`run_command`, which makes Ctrl-C one line and exit code 130."""
 import sys
 
+QUOTE_CHARS = 200   # an error message quotes at most this much of a value
+
+
+def quoted(value):
+    """``repr(value)``, cut to :data:`QUOTE_CHARS` characters with the full length said."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} characters)"
+
 
 class PitrackError(Exception):
     """Base class of errors caused by the user's input, configuration or environment."""

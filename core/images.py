@@ -23,6 +23,16 @@ def resize_video(video, hw):
     return out
 
 
+def rgb_tensor(frames, device):
+    """uint8 RGB frames [B, H, W, 3] (numpy or torch) -> float32 torch [B, 3, H, W], values 0..255, on
+    ``device``: every backbone's input. ValueError for anything else."""
+    import torch
+    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
+        raise ValueError(f"backbone input must be uint8 [B, H, W, 3], got {tuple(x.shape)} {x.dtype}")
+    return x.to(device).permute(0, 3, 1, 2).float()
+
+
 class ResizedFrames:
     """The frames of a video at the size ``hw`` = (h, w), resized (:func:`resize_video`) when read, so that no
     stage holds a second copy of the whole video. Indexed like the uint8 array [T, h, w, 3] it stands for,

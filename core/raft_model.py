@@ -10,6 +10,7 @@ tensor must fit (count and shapes), otherwise a WeightsError names the file, the
 import collections
 import re
 
+from core.checkpoints import read_state_dict
 from core.errors import ConfigError, WeightsError
 from core.paths import resolve_weights
 
@@ -76,21 +77,6 @@ def _official_to_torchvision_name(key, name):
         if mm:
             return mm.expand(rep)
     return None
-
-
-def _read_checkpoint(path):
-    import torch
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's checkpoint problem
-        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
-            from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"checkpoint {path} is not a state dict of tensors")
-    return collections.OrderedDict(obj)
 
 
 def _mapped_tensors(ckpt, name, path):
@@ -162,7 +148,7 @@ def load_raft(name, weights_path=None, allow_download=False, device="cpu"):
         source = DOWNLOAD_ID
     else:
         model = build(weights=None, progress=False)
-        sd = fit_state_dict(model, _read_checkpoint(path), name, path)
+        sd = fit_state_dict(model, read_state_dict(path), name, path)
         model.load_state_dict(sd, strict=True)
         source = path
     model.eval().requires_grad_(False)

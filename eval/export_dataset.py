@@ -11,7 +11,6 @@ and ``ROOT/DAVIS/{JPEGImages,Annotations}/480p/<name>/`` (links to the frames an
 column) pixels (the BADJA release). Decoding the exported frames gives the folder's frames exactly.
 """
 import argparse
-import json
 import os
 import pickle
 import sys

@@ -18,7 +18,6 @@ Then, over the scored frames where the point is visible in the ground truth, the
 the input's, by bins of the input's error (px of the 256×256 raster).
 """
 import argparse
-import json
 import sys
 
 import numpy as np

@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import DEVICE, MAX_SIDE, PROBABILITY, RESOLUTION, above, at_least, between, fits_memory, one_of
+from core.config_checks import DEVICE, PROBABILITY, RESOLUTION, above, between, fits_memory, one_of
 
 
 @dataclasses.dataclass

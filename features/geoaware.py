@@ -52,10 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoints import check_fits
+from core.checkpoints import check_fits, read_state_dict
 from core.devices import resolve_device
 from core.paths import file_sha256, resolve_weights
-from features.backbones import IMAGENET_MEAN, IMAGENET_STD, DinoV2, _read_state_dict, _to_tensor
+from core.images import rgb_tensor
+from features.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoV2
 
 AGGREGATION_FILE = "best_856.PTH"          # official GeoAware-SC checkpoint (results_spair/best_856.PTH)
 DINO_BACKBONE = "dinov2_vitb14"            # a key of features.backbones.DINO_MODELS
@@ -159,7 +160,7 @@ def load_aggregation(path, device="cpu"):
     bad key.
     """
     path = str(path)
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path, ("state_dict", "model", "teacher"))
     with torch.device("meta"):
         net = AggregationNetwork()
     target = net.state_dict()
@@ -237,7 +238,7 @@ class GeoAware:
 
     def dino_features(self, frames):
         """DINOv2 block-11 pre-norm patch tokens [B, 768, H_f/14, W_f/14] of uint8 frames [B, H_f, W_f, 3]."""
-        x = _to_tensor(frames, self.device) / 255.0
+        x = rgb_tensor(frames, self.device) / 255.0
         x = (x - torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)) / \
             torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         H, W = x.shape[-2:]

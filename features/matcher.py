@@ -25,12 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.checkpoints import read_state_dict
 from core.coords import scale_sigma
 from core.devices import resolve_device
 from core.errors import ConfigError
 from core.images import ResizedFrames
 from features.grid import FeatureGrid, feature_image_hw
-from features.pretrained import read_state_dict, release_file
+from features.pretrained import release_file
 
 EXTRACTORS = {"aliked_n16": "lightglue_aliked", "disk": "lightglue_disk"}
 EXCLUSION_PX = 3.0      # detections this close to a query are dropped from image 0: the query takes their place

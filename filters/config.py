@@ -2,7 +2,8 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import COSINE, DEVICE, MAX_SIDE, PROBABILITY, RESOLUTION, above, at_least, between, one_of
+from core.config_checks import COSINE, DEVICE, PROBABILITY, RESOLUTION, above, between, one_of
+from core.coords import MAX_SIDE
 
 
 @dataclasses.dataclass

@@ -2,7 +2,8 @@
 import dataclasses
 from typing import Annotated
 
-from core.config_checks import COSINE, PROBABILITY, RESOLUTION, above, at_least, between, fits_memory, one_of, quoted
+from core.config_checks import COSINE, PROBABILITY, RESOLUTION, above, at_least, between, fits_memory, one_of
+from core.errors import quoted
 
 
 @dataclasses.dataclass

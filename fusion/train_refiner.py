@@ -24,7 +24,6 @@ slots; visibility accuracy; P(e < 2σ)). The weights file records the command, s
 and these figures.
 """
 import argparse
-import math
 import os
 import shlex
 import sys

@@ -19,8 +19,8 @@ from typing import Annotated
 
 import yaml
 
-from core.config_checks import QUOTE_CHARS, RESOLUTION, above, at_least, between, check_value, quoted
-from core.errors import ConfigError
+from core.config_checks import RESOLUTION, above, between, check_value
+from core.errors import QUOTE_CHARS, ConfigError, quoted
 from core.paths import json_key
 from features.config import FeatureConfig, MatcherConfig
 from filters.config import FilterConfig

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from features.backbones import DinoV2, RaftEncoder, build_dinov2
+from features.backbones import RaftEncoder
+from features.dinov2 import DinoV2, build_dinov2
 from features.cache import video_features
 from features.grid import FeatureGrid, feature_image_hw
 from core.errors import WeightsError
@@ -82,13 +83,14 @@ def test_grid_maps_are_exact_both_ways(stride, offset):
 # --- RAFT-small encoder --------------------------------------------------------------------------------
 
 def test_raft_encoder_loads_strictly_from_the_official_checkpoint(raft_weights):
-    from core.raft_model import _mapped_tensors, _read_checkpoint
+    from core.checkpoints import read_state_dict
+    from core.raft_model import _mapped_tensors
     enc = RaftEncoder()
     net = enc.net
     assert enc.weights_path == raft_weights and enc.source == raft_weights
     assert not net.training and not any(p.requires_grad for p in net.parameters())
     sd = net.state_dict()
-    mapped = [(k, t, v) for k, t, v in _mapped_tensors(_read_checkpoint(raft_weights), "raft_small", raft_weights)
+    mapped = [(k, t, v) for k, t, v in _mapped_tensors(read_state_dict(raft_weights), "raft_small", raft_weights)
               if t.startswith("feature_encoder.")]
     names = {t[len("feature_encoder."):] for _, t, _ in mapped}
     assert names == {k for k in sd if not k.endswith("num_batches_tracked")} and len(names) > 10

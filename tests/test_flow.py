@@ -9,7 +9,8 @@ import torch
 
 from flow.bank import FlowBank
 from core.errors import ConfigError, WeightsError
-from core.raft_model import _mapped_tensors, _read_checkpoint, load_raft
+from core.checkpoints import read_state_dict
+from core.raft_model import _mapped_tensors, load_raft
 from core.sampling import sample_fields
 from flow.dis import dis_flow
 from flow.occlusion import FBUncertainty, bilinear_sample, fb_occlusion_variance, fb_residual
@@ -60,7 +61,7 @@ def test_official_raft_small_loads_strictly(weights):
     model = load_raft("raft_small")
     assert model.pitrack_weights == weights and not model.training
     assert not any(p.requires_grad for p in model.parameters())
-    ckpt = _read_checkpoint(weights)
+    ckpt = read_state_dict(weights)
     sd = model.state_dict()
     assert len(ckpt) == len(sd) == 106
     # the name translation equals the one-to-one in-order mapping, and every tensor arrived unchanged
@@ -82,7 +83,7 @@ def test_torchvision_format_state_dict_loads(tmp_path):
 
 
 def test_mismatching_checkpoint_raises(weights, tmp_path):
-    ckpt = _read_checkpoint(weights)
+    ckpt = read_state_dict(weights)
     key = "module.update_block.flow_head.conv1.weight"
     bad = dict(ckpt)
     bad[key] = torch.zeros(64, 96, 3, 3)

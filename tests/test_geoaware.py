@@ -9,7 +9,8 @@ import torch
 import features.geoaware as geoaware
 from core.errors import WeightsError
 from core.paths import WEIGHTS_ENV
-from features.backbones import BACKBONES, DinoV2, build_dinov2, make_backbone
+from features.backbones import BACKBONES, make_backbone
+from features.dinov2 import DinoV2, build_dinov2
 from features.cache import video_features
 from features.geoaware import (AggregationNetwork, GeoAware, dino_block_tokens, load_aggregation,
                                random_aggregation)

@@ -39,8 +39,8 @@ def test_packaged_weights_are_the_release_and_load_strictly(name):
     assert file_sha256(bb.weights_path) == RELEASES[name].sha256
     net = bb.net
     assert not net.training and not any(p.requires_grad for p in net.parameters())
-    from features.pretrained import read_state_dict
-    state = read_state_dict(bb.weights_path, bb.member)
+    from core.checkpoints import read_state_dict
+    state = read_state_dict(bb.weights_path, member=bb.member)
     sd = net.state_dict()
     assert set(state) == set(sd)
     assert all(torch.equal(sd[k], state[k].to(sd[k].dtype)) for k in state)
@@ -124,7 +124,7 @@ def test_an_explicit_weights_file_that_is_not_a_checkpoint_is_one_error_naming_i
     bad = tmp_path / "mine.pt"
     bad.write_bytes(b"not a checkpoint")
     bb = backbone("disk", weights=str(bad))
-    with pytest.raises(WeightsError, match=f"cannot read weights file {bad}"):
+    with pytest.raises(WeightsError, match=f"cannot read checkpoint {bad}"):
         bb.net
     with pytest.raises(WeightsError, match="does not exist"):
         backbone("disk", weights=str(tmp_path / "missing.pt"))
