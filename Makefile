@@ -41,15 +41,15 @@ test: $(STAMP)
 # videos cut from ../shared/data/videos: DIS 40 minutes on 2 CPU cores; RAFT-small (frozen; needs raft-small.pth)
 # 30 minutes on 2 CPU cores (the RAFT flows run in the data worker on the CPU, the head on --device).
 uncertainty-weights: $(STAMP)
-	$(PY) -m flow.train_uncertainty --backend dis --minutes 40 --seed 0 --size 384x640
+	$(PY) -m training.flow_uncertainty --backend dis --minutes 40 --seed 0 --size 384x640
 
 uncertainty-weights-raft: $(STAMP)
-	$(PY) -m flow.train_uncertainty --backend raft_small --minutes 30 --seed 0 --size 256x448
+	$(PY) -m training.flow_uncertainty --backend raft_small --minutes 30 --seed 0 --size 256x448
 
 # The PIPs-style track refiner (fusion/weights/refiner.pt), trained on synthetic layered videos cut from
 # ../shared/data/videos (needs raft-small.pth for its frozen encoder): 40 minutes on 2 CPU cores.
 refiner-weights: $(STAMP)
-	$(PY) -m fusion.train_refiner --minutes 40 --seed 0
+	$(PY) -m training.refiner --minutes 40 --seed 0
 
 clean-demo:
 	rm -rf $(DEMO)

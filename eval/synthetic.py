@@ -7,7 +7,7 @@ ground-truth tracks and occlusion are exact.
 
 ``--scene layers`` (:func:`make_layered_clip`): ``--clips`` random scenes of :mod:`synthetic.layers`, cut from
 the unlabelled clips and drawn like the scenes the learned flow head trains on
-(``flow.train_uncertainty.TRAINING_SCENE``) but from other seeds; tracks exact. A benchmark with exact
+(``training.flow_uncertainty.TRAINING_SCENE``) but from other seeds; tracks exact. A benchmark with exact
 ground truth, e.g. for ``eval.calibration``: what real video adds to the errors shows by comparison.
 
     python -m eval.synthetic --out DIR [--frames 40] [--size 320x240] [--seed 0]
@@ -123,7 +123,7 @@ def make_layered_clip(pool, seed, num_frames=32, size_hw=(480, 854), num_points=
     """A random layered scene (``TRAINING_SCENE``) rendered with exact tracks of ``num_points`` query points,
     each drawn uniformly over frames and positions. Returns (video uint8 [T, H, W, 3], points float32
     [N, T, 2] corner-convention px, occluded bool [N, T])."""
-    from flow.train_uncertainty import TRAINING_SCENE
+    from training.flow_uncertainty import TRAINING_SCENE
     from synthetic.layers import LayeredScene, SceneConfig
     H, W = size_hw
     scene = LayeredScene(pool, seed, (H, W), num_frames, SceneConfig(**TRAINING_SCENE))

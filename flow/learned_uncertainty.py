@@ -2,7 +2,7 @@
 
 A small convolutional head looks at one directed flow a → b and returns, per pixel, the logit of the
 occlusion probability and α = log σ² (per-axis variance, working px²). It is trained here, on the
-synthetic layered videos of :mod:`synthetic.layers` (``python -m flow.train_uncertainty``), with the
+synthetic layered videos of :mod:`synthetic.layers` (``python -m training.flow_uncertainty``), with the
 losses of MFT (Neoral et al. 2024, Sec. 3.2):
 
     occlusion    L_occ = BCE(sigmoid(logit), o*)                  on pixels with a hard label o* ∈ {0, 1}
@@ -28,7 +28,7 @@ flow's own forward pass. The head keeps their resolution.
 
 Either head's outputs are sampled bilinearly at the points the integrator asks for (:class:`MapGeometry`).
 
-A head with the forward–backward prior (``prior="fb"``, ``train_uncertainty --prior fb``) outputs corrections: its
+A head with the forward–backward prior (``prior="fb"``, ``training.flow_uncertainty --prior fb``) outputs corrections: its
 occlusion logit and α are added to those of the forward–backward formulas (flow/occlusion.py, default
 parameters) evaluated exactly at each pixel or point (:func:`fb_prior`), and its last layer starts at
 zero, so training starts from the formulas and the head's quarter-resolution maps only have to say where
@@ -161,7 +161,7 @@ class UncertaintyHead(nn.Module):
 
     ``occlusion_offset`` (a buffer, 0 while training) is added to the occlusion logit: training sets it
     so that p = 0.5, the integrator's threshold, is the decision of highest occlusion F1 on the
-    synthetic validation pairs (:func:`flow.train_uncertainty.decision_offset`). With ``prior="fb"`` the
+    synthetic validation pairs (:func:`training.flow_uncertainty.decision_offset`). With ``prior="fb"`` the
     outputs are corrections to :func:`fb_prior` (:func:`add_prior`) and the last layer starts at zero.
     """
 
@@ -223,7 +223,7 @@ def load_head(path, backend):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"learned flow uncertainty: no weights file {path} (train them: "
-                           f"python -m flow.train_uncertainty --backend {backend})") from None
+                           f"python -m training.flow_uncertainty --backend {backend})") from None
     except Exception as e:  # noqa: BLE001 - truncated or foreign file
         raise WeightsError(f"learned flow uncertainty: {path} is not a readable weights file "
                            f"({type(e).__name__})") from None
@@ -251,7 +251,7 @@ def head_path(backend, weights=""):
     path = weights or os.path.join(WEIGHTS_DIR, PACKAGED[backend])
     if not os.path.isfile(path):
         raise WeightsError(f"learned flow uncertainty: no weights file {path} (train them: "
-                           f"python -m flow.train_uncertainty --backend {backend})")
+                           f"python -m training.flow_uncertainty --backend {backend})")
     return path
 
 

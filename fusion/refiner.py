@@ -252,7 +252,7 @@ def refiner_path(path=""):
     """``path``, or the packaged fusion/weights/refiner.pt when empty; WeightsError when the file does not exist."""
     path = path or os.path.join(WEIGHTS_DIR, PACKAGED)
     if not os.path.isfile(path):
-        raise WeightsError(f"track refiner: no weights file {path} (train them: python -m fusion.train_refiner)")
+        raise WeightsError(f"track refiner: no weights file {path} (train them: python -m training.refiner)")
     return path
 
 

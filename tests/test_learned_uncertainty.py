@@ -26,7 +26,7 @@ def _pool():
 
 def _batch(pool, seeds, size_hw=(64, 96)):
     from flow.dis import DISFlow
-    from flow.train_uncertainty import pair_batch
+    from training.flow_uncertainty import pair_batch
     return pair_batch(pool, DISFlow("ultrafast"), seeds, size_hw, SceneConfig())
 
 
@@ -59,7 +59,7 @@ def test_warp_inputs_follow_the_flow():
 
 
 def test_a_short_training_run_lowers_the_loss():
-    from flow.train_uncertainty import losses
+    from training.flow_uncertainty import losses
     torch.manual_seed(0)
     pool = _pool()
     batch = _batch(pool, range(4))
@@ -79,7 +79,7 @@ def test_a_short_training_run_lowers_the_loss():
 
 def test_uncertainty_loss_by_hand():
     """NLL α + e²/(2e^α) on visible pixels, BCE on hard occlusion labels; soft labels are left out."""
-    from flow.train_uncertainty import losses
+    from training.flow_uncertainty import losses
     out = torch.zeros(1, 2, 1, 3)
     out[0, 1] = torch.tensor([[0.0, np.log(2.0), 0.0]])
     est = torch.zeros(1, 2, 1, 3)
@@ -94,7 +94,7 @@ def test_uncertainty_loss_by_hand():
 def test_decision_offset_by_hand():
     """Logits 3, 2, 1, 0 with labels T, F, T, F: calling the top 1, 2, 3, 4 occluded gives F1 2/3, 1/2, 4/5,
     2/3, so the cut lies between 1 and 0 and the offset is −0.5; the head adds it to its occlusion logit."""
-    from flow.train_uncertainty import decision_offset
+    from training.flow_uncertainty import decision_offset
     b = decision_offset(np.array([3.0, 2.0, 1.0, 0.0]), np.array([True, False, True, False]))
     assert b == pytest.approx(-0.5)
     head = UncertaintyHead(8)
@@ -147,7 +147,7 @@ def test_packaged_weights_record_how_they_were_made(backend):
     if not os.path.isfile(path):
         pytest.fail(f"{path} missing: make uncertainty-weights")
     _, meta = load_head(path, backend)
-    assert meta["command"].startswith(f"python -m flow.train_uncertainty --backend {backend}")
+    assert meta["command"].startswith(f"python -m training.flow_uncertainty --backend {backend}")
     for k in ("seed", "generator_version", "steps", "wall_s", "scene", "occlusion_offset", "validation"):
         assert k in meta
     from synthetic.layers import GENERATOR_VERSION, SceneConfig
@@ -241,7 +241,7 @@ def test_training_cli_refuses_bad_input_before_work(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     for args, needle in ((["--size", "big"], "--size"), (["--textures", str(tmp_path)], "no .jpg"),
                          (["--batch", "0"], "positive")):
-        r = subprocess.run([sys.executable, "-m", "flow.train_uncertainty", *args, "--out", str(tmp_path / "x.pt")],
+        r = subprocess.run([sys.executable, "-m", "training.flow_uncertainty", *args, "--out", str(tmp_path / "x.pt")],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr

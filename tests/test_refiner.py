@@ -1,4 +1,4 @@
-"""The PIPs-style track refiner (fusion/refiner.py, fusion/train_refiner.py): correlation sampling by hand,
+"""The PIPs-style track refiner (fusion/refiner.py, training/refiner.py): correlation sampling by hand,
 window chaining on a long clip, the locked query position, training, strict weight loading, the packaged
 weights on a clip of known motion, and the pipeline's stage 6."""
 import math
@@ -97,7 +97,7 @@ def test_query_position_stays_fixed_and_outputs_are_in_range():
 
 
 def test_a_short_training_run_lowers_the_loss():
-    from fusion.train_refiner import example_loss, perturbed_init, run_example
+    from training.refiner import example_loss, perturbed_init, run_example
     rng = np.random.default_rng(0)
     T, S, N = 10, 8, 24
     g = torch.Generator().manual_seed(0)
@@ -156,10 +156,10 @@ def test_weights_load_strictly_and_bad_files_are_refused(tmp_path):
 
 def test_packaged_weights_improve_perturbed_tracks_on_a_clip_of_known_motion(raft_weights):
     from features.backbones import RaftEncoder
-    from fusion.train_refiner import REFINER_SCENE, STRIDE, perturbed_init
+    from training.refiner import REFINER_SCENE, STRIDE, perturbed_init
     from synthetic.layers import LayeredScene, SceneConfig, TexturePool
     model, meta = load_refiner()
-    assert meta["generator_version"] >= 1 and meta["command"].startswith("python -m fusion.train_refiner")
+    assert meta["generator_version"] >= 1 and meta["command"].startswith("python -m training.refiner")
     rng = np.random.default_rng(5)
     frames = [np.full((64, 96, 3), c, np.uint8) for c in (60, 120, 200)]
     frames = [f + rng.integers(0, 50, f.shape, dtype=np.uint8) for f in frames]

@@ -298,7 +298,7 @@ def test_layered_tapvid_clip_tracks_agree_with_its_flow(pool, tmp_path):
     from eval.datasets import TapVidVideo
     from eval.synthetic import make_layered_clip, write_clip
     from flow.occlusion import bilinear_sample
-    from flow.train_uncertainty import TRAINING_SCENE
+    from training.flow_uncertainty import TRAINING_SCENE
     video, points, occluded = make_layered_clip(pool, 11, num_frames=6, size_hw=SIZE, num_points=40)
     assert video.shape == (6,) + SIZE + (3,) and points.shape[1:] == (6, 2) and occluded.shape == points.shape[:2]
     rng = np.random.default_rng(11)                            # the clip's draws: query frames, then positions

@@ -1,6 +1,6 @@
 """Train the track refiner (fusion/refiner.py) on synthetic layered videos with exact tracks.
 
-    python -m fusion.train_refiner [--minutes 40] [--steps N] [--size 256x384] [--window 16] [--points 96]
+    python -m training.refiner [--minutes 40] [--steps N] [--size 256x384] [--window 16] [--points 96]
                                    [--iterations 4] [--integrator-fraction 0.4] [--seed 0] [--out FILE]
 
 A worker process renders clips (:class:`synthetic.layers.LayeredScene`, ``REFINER_SCENE``: fast sprites
@@ -209,7 +209,7 @@ def fmt(s):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fusion.train_refiner", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.refiner", description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=40.0, help="stop after this much wall time")
     p.add_argument("--steps", type=int, default=100000, help="stop after this many steps")
     p.add_argument("--size", default="256x384", help="HxW of the synthetic frames")
@@ -251,7 +251,7 @@ def main(argv=None):
         out_path = args.out or os.path.join(WEIGHTS_DIR, PACKAGED)
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     except PitrackError as e:
-        print(f"fusion.train_refiner: error: {e}", file=sys.stderr)
+        print(f"training.refiner: error: {e}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -295,7 +295,7 @@ def main(argv=None):
     after = validate(model, val, args.iterations)
     wall = time.perf_counter() - t_start
     print(f"validation, refined after {step} steps ({wall / 60:.1f} min): {fmt(after['refined'])}", flush=True)
-    meta = {"command": "python -m fusion.train_refiner " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    meta = {"command": "python -m training.refiner " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "seed": args.seed, "generator_version": GENERATOR_VERSION, "steps": step, "size": list(size_hw),
             "window": args.window, "iterations": args.iterations, "points": args.points,
             "integrator_fraction": args.integrator_fraction, "scene": REFINER_SCENE, "wall_s": round(wall, 1),
@@ -310,4 +310,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     from core.errors import run_command
-    sys.exit(run_command(main, "fusion.train_refiner"))
+    sys.exit(run_command(main, "training.refiner"))

@@ -1,6 +1,6 @@
 """Train the learned occlusion and uncertainty head of a flow backend on synthetic layered videos.
 
-    python -m flow.train_uncertainty --backend dis|raft_small [--minutes 50] [--steps N] [--batch 8]
+    python -m training.flow_uncertainty --backend dis|raft_small [--minutes 50] [--steps N] [--batch 8]
                                      [--size 384x640] [--seed 0] [--footage] [--prior none|fb] [--textures DIR ...]
                                      [--out FILE]
 
@@ -172,7 +172,7 @@ def predict(head, val, device, geometry):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m flow.train_uncertainty", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.flow_uncertainty", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="dis", choices=sorted(PACKAGED))
     p.add_argument("--dis-preset", default="medium")
     p.add_argument("--minutes", type=float, default=50.0, help="stop after this much wall time")
@@ -211,7 +211,7 @@ def main(argv=None):
         if args.backend != "dis":
             flow.model                                         # loads (and checks) the checkpoint before any work
     except PitrackError as e:
-        print(f"flow.train_uncertainty: error: {e}", file=sys.stderr)
+        print(f"training.flow_uncertainty: error: {e}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -257,7 +257,7 @@ def main(argv=None):
     wall = time.perf_counter() - t_start
     print(f"validation, learned head after {step} steps ({wall / 60:.1f} min), occlusion logit offset "
           f"{head.occlusion_offset.item():+.3f}: {fmt(learned)}", flush=True)
-    meta = {"command": "python -m flow.train_uncertainty " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    meta = {"command": "python -m training.flow_uncertainty " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "seed": args.seed, "generator_version": GENERATOR_VERSION, "steps": step, "batch": args.batch,
             "size": list(size_hw), "gaps": list(GAPS), "flow": flow.cache_id(), "wall_s": round(wall, 1),
             "device": device, "torch": torch.__version__, "loss_first_100": np.mean(history[:100], 0).tolist(),
@@ -275,4 +275,4 @@ def fmt(s):
 
 if __name__ == "__main__":
     from core.errors import run_command
-    sys.exit(run_command(main, "flow.train_uncertainty"))
+    sys.exit(run_command(main, "training.flow_uncertainty"))
