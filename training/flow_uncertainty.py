@@ -39,7 +39,7 @@ GAPS = (1, 2, 4, 8, 16, 32, 48)
 TRAINING_SCENE = dict(mean_speed=3.0, max_speed=10.0, nonrigid_fraction=0.8, nonrigid_max_px=6.0,
                       camera_max_speed=4.0, blur_prob=0.7, blur_sigma=(0.0, 1.5), noise_sigma=(0.0, 6.0))
 # --footage adds the effects of real footage that break brightness constancy (finite shutter, turning
-# shading, moving lights and shadows, JPEG); measured in the README, not used by the packaged weights.
+# shading, moving lights and shadows, JPEG); measured in docs/training.md, not used by the packaged weights.
 FOOTAGE_EFFECTS = dict(motion_blur_prob=0.5, shading_gradient=0.4, light_blobs=(0, 3), jpeg_prob=0.7)
 VAL_SEED_OFFSET = 10 ** 9            # validation pairs: seeds from here on; training pairs below
 MAX_ERROR = 100.0                    # px: larger flow errors count as this much in the loss
