@@ -79,7 +79,8 @@ def svg_plot(points, title, width=560, height=360, margin=(60, 20, 30, 50)):
                f'transform="rotate(-90 14 {(top + height - bottom) / 2})">AJ (%)</text>')
     for (label, s, aj), x in zip(points, xs):
         out.append(f'<circle cx="{px(x):.1f}" cy="{py(aj):.1f}" r="5" fill="#1f77b4"/>')
-        out.append(f'<text x="{px(x) + 8:.1f}" y="{py(aj) - 6:.1f}">{html.escape(label)} ({aj:.1f}, {s:.1f} s)</text>')
+        secs = f"{s:.1f}" if s >= 1 else f"{s:.2f}"
+        out.append(f'<text x="{px(x) + 8:.1f}" y="{py(aj) - 6:.1f}">{html.escape(label)} ({aj:.1f}, {secs} s)</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
