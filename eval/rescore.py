@@ -1,12 +1,17 @@
 """Score saved predictions again, with the current metrics, and write results like ``eval.bench``.
 
-    python -m eval.rescore --data DIR --preds FOLDER --mode first|strided [--out OUT]
+    python -m eval.rescore --data DIR --preds FOLDER --mode first|strided [--out OUT] [--ground-truth-visibility]
 
 ``FOLDER`` holds ``<video>.npz`` (tracks, visible, sigma, queries), as ``eval.bench --save-pred`` writes them next
 to its ``<video>.json``. Every prediction in FOLDER is scored against the video of that name in DIR. A video's
 config, seconds, peak memory and stats are copied from its bench JSON in FOLDER where there is one (which must
 record the same mode and the same AJ / <δ avg / OA or PCK as the prediction gives). Writes ``OUT/<video>.json``,
 ``OUT/table.md`` and ``OUT/summary.json`` as ``eval.bench`` does; OUT defaults to FOLDER (updated in place).
+
+``--ground-truth-visibility`` (TAP-Vid) scores the predicted positions with the ground truth's visibility in
+place of the predicted one: the AJ a perfect visibility rule would give these tracks (OA is then 100), the
+ceiling of anything that only decides visibility. The bench JSON is still checked against the prediction as
+it was saved; OUT must then be another folder.
 """
 import argparse
 import glob
@@ -25,9 +30,10 @@ from core.errors import InputError, PitrackError
 CHECKED = ("AJ", "delta_avg", "OA", "PCK_seg", "PCK_3px")  # metrics a bench JSON must agree on with the prediction
 
 
-def rescore_one(ref, pred_path, mode):
+def rescore_one(ref, pred_path, mode, ground_truth_visibility=False):
     """The per-video record (as ``eval.bench`` writes it) of the prediction ``pred_path`` on the video ``ref``
-    (an eval.datasets.VideoRef)."""
+    (an eval.datasets.VideoRef); with ``ground_truth_visibility`` its positions scored with the ground truth's
+    visibility."""
     video = ref.open()
     pred = load_prediction(pred_path)
     metrics = score_prediction(video, pred, mode)
@@ -50,6 +56,11 @@ def rescore_one(ref, pred_path, mode):
                 raise InputError(f"{bench_json} records {k} = {old['metrics'][k]:.6f} but {pred_path} gives "
                                  f"{metrics[k]:.6f}: they are not from the same run")
         rec.update(old)
+    if ground_truth_visibility:
+        if video.kind != "tapvid":
+            raise InputError(f"{ref.source}: --ground-truth-visibility is for TAP-Vid videos (BADJA scores no visibility)")
+        _, index = video.queries(mode)
+        metrics = score_prediction(video, dict(pred, visible=~video.occluded[index]), mode)
     rec.update(video=video.name, kind=video.kind, mode=kind_mode, data=ref.source,
                num_queries=int(np.asarray(pred["tracks"]).shape[0]), num_frames=video.num_frames, metrics=metrics)
     return rec
@@ -61,9 +72,13 @@ def main(argv=None):
     p.add_argument("--preds", required=True, help="folder of <video>.npz predictions (eval.bench --save-pred)")
     p.add_argument("--mode", choices=["first", "strided"], default="first", help="TAP-Vid query mode")
     p.add_argument("--out", help="results folder (default: --preds, updated in place)")
+    p.add_argument("--ground-truth-visibility", action="store_true",
+                   help="score the positions with the ground truth's visibility (the ceiling of a visibility rule)")
     args = p.parse_args(argv)
     out = args.out or args.preds
     try:
+        if args.ground_truth_visibility and os.path.abspath(out) == os.path.abspath(args.preds):
+            raise InputError("--ground-truth-visibility needs an --out other than --preds (the saved results stay)")
         if not os.path.isdir(args.preds):
             raise InputError(f"predictions folder not found: {args.preds}")
         preds = sorted(glob.glob(os.path.join(args.preds, "*.npz")))
@@ -76,7 +91,7 @@ def main(argv=None):
             if name not in found:
                 raise InputError(f"{pred}: no video named {name} in {args.data}")
             refs.append(found[name])
-        records = [rescore_one(ref, pred, args.mode) for ref, pred in zip(refs, preds)]
+        records = [rescore_one(ref, pred, args.mode, args.ground_truth_visibility) for ref, pred in zip(refs, preds)]
         if len({r["kind"] for r in records}) > 1:
             raise InputError(f"{args.preds} mixes TAP-Vid and BADJA predictions; rescore them separately")
         configs = {r["config"] for r in records}
@@ -85,7 +100,8 @@ def main(argv=None):
         os.makedirs(out, exist_ok=True)
         for r in records:
             save_json(os.path.join(out, r["video"] + ".json"), r)
-        title = results_title(config, args.data, records, args.mode) + ", rescored"
+        title = results_title(config, args.data, records, args.mode) + (
+            ", rescored with the ground truth's visibility" if args.ground_truth_visibility else ", rescored")
         print(write_results(out, records, title, config, args.mode))
     except PitrackError as e:
         print(f"eval.rescore: error: {e}", file=sys.stderr)

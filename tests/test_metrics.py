@@ -215,6 +215,30 @@ def test_rescore_a_folder_of_predictions(tmp_path, capsys):
         assert err.startswith("eval.rescore: error: ") and len(err.strip().splitlines()) == 1
 
 
+def test_rescore_with_ground_truth_visibility(tmp_path):
+    """Positions scored with the ground truth's visibility: OA 100 and, by hand, the Jaccard of a track whose
+    frame 4 (occluded in the truth) was called visible and whose frame 1 is 34 px off."""
+    from eval.rescore import main
+    points = np.full((1, 5, 2), 100.0)
+    occ = np.array([[False, False, False, False, True]])
+    _tapvid_folder(str(tmp_path / "data" / "a"), points, occ)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    pred = points.copy()
+    pred[0, 1, 1] += 34.0
+    np.savez(preds / "a.npz", tracks=pred, visible=np.ones((1, 5), bool), sigma=np.ones((1, 5)),
+             queries=np.array([[0, 100, 100]], np.float32))
+    out = tmp_path / "gt"
+    assert main(["--data", str(tmp_path / "data"), "--preds", str(preds), "--out", str(out),
+                 "--ground-truth-visibility"]) == 0
+    m = json.loads((out / "a.json").read_text())["metrics"]
+    # frames 1..4 scored (frame 0 is the query); visible in truth and now in the prediction: 1, 2, 3. Frame 1 is
+    # 34 px off in y on 512-high frames, 17 px in the 256 raster: far at every δ, so FP and FN; frames 2, 3 TP;
+    # frame 4 occluded in both: Jaccard 2 / (2 + 1 + 1) at every δ
+    assert m["OA"] == 1.0 and m["AJ"] == pytest.approx(2 / 4)
+    assert main(["--data", str(tmp_path / "data"), "--preds", str(preds), "--ground-truth-visibility"]) == 2
+
+
 def test_badja_pck_hand_computed():
     gt = np.zeros((2, 3, 2))
     pred = gt.copy()
