@@ -103,11 +103,11 @@ def read_queries(path, order="txy"):
     import numpy as np
     from core.errors import InputError
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
             raise InputError(f"queries {path} is not a regular file (a FIFO, device or folder cannot be read "
                              f"as queries)")
-        size = os.path.getsize(path)
+        size = st.st_size
         if size > QUERIES_MAX_BYTES:
             raise InputError(f"queries {path} are {size / 2 ** 20:.0f} MB, more than {QUERIES_MAX_BYTES >> 20} MB "
                              f"of queries; for every pixel use --dense")

@@ -3,7 +3,7 @@ strictly: one place for every network whose weights pitrack reads (RAFT, DINOv2,
 DISK, LightGlue)."""
 import collections
 
-from core.errors import WeightsError
+from core.errors import WeightsError, shortened
 
 
 def read_state_dict(path, unwrap=("state_dict", "model"), member=None):
@@ -20,7 +20,7 @@ def read_state_dict(path, unwrap=("state_dict", "model"), member=None):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's checkpoint problem
         first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {first[:200]}") from None
+        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {shortened(first)}") from None
     for wrapper in (member,) if member is not None else unwrap:
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -13,7 +13,7 @@ import os
 import re
 
 from core.coords import parse_resolution
-from core.errors import QUOTE_CHARS, quoted
+from core.errors import quoted, shortened
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +57,7 @@ class Pattern:
             try:
                 self.parse(v)
             except ValueError as e:
-                why = str(e)
-                return f"is not {self.what} ({why if len(why) <= QUOTE_CHARS else why[:QUOTE_CHARS] + '...'})"
+                return f"is not {self.what} ({shortened(e)})"
         return None
 
 

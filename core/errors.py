@@ -5,6 +5,12 @@ import sys
 QUOTE_CHARS = 200   # an error message quotes at most this much of a value
 
 
+def shortened(text):
+    """``text`` (a message quoted inside another), cut to :data:`QUOTE_CHARS` characters ('...' when cut)."""
+    text = str(text)
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
+
+
 def quoted(value):
     """``repr(value)``, cut to :data:`QUOTE_CHARS` characters with the full length said."""
     text = repr(value)

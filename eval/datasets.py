@@ -25,21 +25,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import InputError
+from core.errors import InputError, shortened
 from core.images import NativeMessages, decode_image, image_format, is_complete_image
 from pitrack.video import list_frame_files, load_video
 
 STRIDE = 5  # TAP-Vid query-strided: every 5th frame
 
 
-def read_npz(path):
-    """``np.load`` of an .npz archive, its arrays read on access; one InputError unless it is a zip file."""
+def read_npz(path, keys):
+    """The arrays ``keys`` of an .npz archive, read now: one InputError naming the file unless it is a zip
+    file that holds them (not a zip, a damaged member, a missing key, pickled objects)."""
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path} is not an .npz archive (not a zip file)")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"cannot read {path} ({str(e)[:200]})") from None
+        with np.load(path, allow_pickle=False) as d:
+            return tuple(d[k] for k in keys)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path} ({shortened(e)})") from None
 
 
 class TapVidVideo:
@@ -58,11 +60,7 @@ class TapVidVideo:
 
     @classmethod
     def from_folder(cls, folder):
-        d = read_npz(os.path.join(folder, "tracks.npz"))
-        try:
-            points, occluded = d["points"], d["occluded"]
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise InputError(f"{folder}: cannot read tracks.npz ({str(e)[:200]})") from None
+        points, occluded = read_npz(os.path.join(folder, "tracks.npz"), ("points", "occluded"))
         meta = _read_meta(folder)
         if not {"height", "width"} <= set(meta):
             raise InputError(f"{folder}: meta.json lacks height or width")
@@ -156,11 +154,7 @@ class BadjaVideo:
 
     @classmethod
     def from_folder(cls, folder):
-        d = read_npz(os.path.join(folder, "joints.npz"))
-        try:
-            frames, points, visible = d["frames"], d["points"], d["visible"]
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise InputError(f"{folder}: cannot read joints.npz ({str(e)[:200]})") from None
+        frames, points, visible = read_npz(os.path.join(folder, "joints.npz"), ("frames", "points", "visible"))
         masks_dir = os.path.join(folder, "gt_masks")
         masks = list_frame_files(masks_dir) if os.path.isdir(masks_dir) else []
         if len(masks) <= int(np.max(frames, initial=-1)):
@@ -392,7 +386,7 @@ def load_pickle(path):
         raise InputError(f"{path}: cannot read the pickle ({e})") from None
     except (OSError, EOFError, AttributeError, ImportError, ValueError, TypeError, IndexError, KeyError,
             MemoryError, RecursionError) as e:
-        raise InputError(f"{path}: cannot read the pickle ({type(e).__name__}: {str(e)[:200]})") from None
+        raise InputError(f"{path}: cannot read the pickle ({type(e).__name__}: {shortened(e)})") from None
     if not isinstance(data, (dict, list)):
         raise InputError(f"{path}: not a TAP-Vid pickle (expected a dict of name → record or a list of records, "
                          f"got {type(data).__name__})")

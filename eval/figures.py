@@ -20,13 +20,15 @@ from core.errors import InputError, PitrackError
 
 
 def overlay_still(video_dir, config, grid, frame, out, max_width=640):
-    """Frame ``frame`` of the video with the tracks of a ``grid``² grid of frame 0 drawn, uint8 RGB, scaled
-    to at most ``max_width`` pixels wide; written to ``out`` (.png)."""
+    """Frame ``frame`` (None: the last) of the video with the tracks of a ``grid``² grid of frame 0 drawn,
+    uint8 RGB, scaled to at most ``max_width`` pixels wide; written to ``out`` (.jpg or .png). Returns
+    (the image's shape, the frame drawn)."""
     import cv2
     from pitrack import Tracker, grid_queries, load_video
     from pitrack.viz import draw_tracks
     video = load_video(video_dir)
     T, H, W = video.shape[:3]
+    frame = T - 1 if frame is None else frame
     if not 0 <= frame < T:
         raise InputError(f"--frame {frame} outside the video's {T} frames")
     queries = grid_queries(grid, 0, H, W)
@@ -37,7 +39,7 @@ def overlay_still(video_dir, config, grid, frame, out, max_width=640):
     with atomic_path(out) as tmp:
         if not cv2.imwrite(tmp, np.ascontiguousarray(drawn[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85]):
             raise OSError(f"cannot encode {out}")
-    return drawn.shape
+    return drawn.shape, frame
 
 
 def bench_points(folders):
@@ -92,7 +94,7 @@ def main(argv=None):
     o.add_argument("--video", required=True)
     o.add_argument("--config", required=True)
     o.add_argument("--grid", type=int, default=12)
-    o.add_argument("--frame", type=int, default=-1, help="frame drawn (default: the last)")
+    o.add_argument("--frame", type=int, help="frame drawn (default: the last)")
     o.add_argument("--out", required=True)
     g = sub.add_parser("plot", help="AJ against seconds per clip of eval.bench results (SVG)")
     g.add_argument("results", nargs="+")
@@ -103,11 +105,7 @@ def main(argv=None):
         if args.what == "overlay":
             if not args.out.endswith((".png", ".jpg")):
                 raise InputError(f"--out must end in .png or .jpg, got {args.out}")
-            frame = args.frame
-            if frame < 0:
-                from pitrack import load_video
-                frame = load_video(args.video).shape[0] - 1
-            shape = overlay_still(args.video, args.config, args.grid, frame, args.out)
+            shape, frame = overlay_still(args.video, args.config, args.grid, args.frame, args.out)
             print(f"wrote {args.out} ({shape[1]}x{shape[0]}, frame {frame})", file=sys.stderr)
         else:
             if not args.out.endswith(".svg"):

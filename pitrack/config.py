@@ -20,7 +20,7 @@ from typing import Annotated
 import yaml
 
 from core.config_checks import RESOLUTION, above, between, check_value
-from core.errors import QUOTE_CHARS, ConfigError, quoted
+from core.errors import ConfigError, quoted, shortened
 from core.paths import json_key
 from features.config import FeatureConfig, MatcherConfig
 from filters.config import FilterConfig
@@ -130,11 +130,15 @@ def _parse_yaml(text, path):
                                   f"(line {event.start_mark.line + 1})")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is None:
-        return None
-    _check_nodes(root, path)
-    return yaml.safe_load(text)
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_nodes(root, path)
+        return loader.construct_document(root)           # the checked graph itself: no second parse
+    finally:
+        loader.dispose()
 
 
 def _base_path(base, path):
@@ -169,7 +173,7 @@ def _read_yaml(path, seen=()):
     except OSError as e:
         raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0][:QUOTE_CHARS]}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {shortened(str(e).splitlines()[0])}") from None
     if data is None:
         raise ConfigError(f"config {path} is empty (to run the defaults, name configs/default.yaml or no config)")
     if not isinstance(data, dict):

@@ -96,9 +96,9 @@ _VIDEO_DAMAGE = re.compile(r"damaged|error|marker bit missing|concealing|corrupt
 def _read_file(path, max_frames, allow_damaged=False, notes=None):
     """Frames (BGR) of a video file. Its container's frame count, where it declares one, is the number
     expected (up to ``max_frames``); fewer is an InputError quoting the decoder's first message. A decoder
-    report of damaged data (:data:`_VIDEO_DAMAGE`) is an InputError naming the frames being decoded when it
-    came (FFmpeg decodes a frame or a few ahead, so they are the frames around the damage), unless
-    ``allow_damaged`` (then a line for ``notes``)."""
+    report of damaged data (:data:`_VIDEO_DAMAGE`) is an InputError naming the frame being read when it came
+    (one decoding thread, so the report is that frame's; the frames predicted from it show the damage too but
+    report nothing), unless ``allow_damaged`` (then a line for ``notes``)."""
     import cv2
     frames, damage = [], {}                  # frame index -> first damage line reported while reading it
     with NativeMessages() as messages:

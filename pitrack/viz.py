@@ -163,6 +163,7 @@ def write_video(path, frames, fps=12):
     report a failed write (a full disk): the file is read back, and fewer frames than written is an OSError
     quoting FFmpeg's first message (what FFmpeg prints goes into that message, not onto the terminal)."""
     import cv2
+    from core.errors import shortened
     from core.images import NativeMessages, decoder_line
     H, W = frames.shape[1:3]
     with atomic_path(path) as tmp, NativeMessages() as messages:
@@ -176,7 +177,7 @@ def write_video(path, frames, fps=12):
         if written != len(frames):
             said = decoder_line(messages.new_lines())
             raise OSError(errno.EIO, f"the video holds {written} of its {len(frames)} frames (disk full?"
-                                     f"{' FFmpeg: ' + said[:200] if said else ''})")
+                                     f"{' FFmpeg: ' + shortened(said) if said else ''})")
 
 
 def write_overlay(path, video, tracks, visible, queries, fps=12, tail=8):
